@@ -7,8 +7,9 @@ package knows how many keypoints there are or which ones are left/right: it asks
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 __all__ = ["KeypointSpec", "COCO_KEYPOINTS", "CROWDPOSE_KEYPOINTS", "get_keypoint_spec"]
 
@@ -62,7 +63,9 @@ class KeypointSpec:
     def _validate(self) -> None:
         k = len(self.names)
         if k == 0:
-            raise ValueError(f"KeypointSpec '{self.name}': 'names' is empty; expected >= 1 keypoint")
+            raise ValueError(
+                f"KeypointSpec '{self.name}': 'names' is empty; expected >= 1 keypoint"
+            )
         if len(set(self.names)) != k:
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
             raise ValueError(f"KeypointSpec '{self.name}': duplicate keypoint names {dup}")
@@ -150,11 +153,20 @@ class KeypointSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KeypointSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        allowed = {"name", "names", "sigmas", "flip_pairs", "skeleton", "colors",
-                   "rescore_scale_limbs"}
+        allowed = {
+            "name",
+            "names",
+            "sigmas",
+            "flip_pairs",
+            "skeleton",
+            "colors",
+            "rescore_scale_limbs",
+        }
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ValueError(f"KeypointSpec: unknown keys {unknown}; expected some of {sorted(allowed)}")
+            raise ValueError(
+                f"KeypointSpec: unknown keys {unknown}; expected some of {sorted(allowed)}"
+            )
         for key in ("names", "sigmas"):
             if key not in data:
                 raise ValueError(f"KeypointSpec: missing required key {key!r}")
@@ -191,8 +203,25 @@ COCO_KEYPOINTS = KeypointSpec(
     name="coco",
     names=_COCO_NAMES,
     # pycocotools COCOeval.kpt_oks_sigmas
-    sigmas=(0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
-            0.107, 0.107, 0.087, 0.087, 0.089, 0.089),
+    sigmas=(
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
+    ),
     flip_pairs=tuple(
         (f"left_{p}", f"right_{p}")
         for p in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
@@ -217,11 +246,24 @@ CROWDPOSE_KEYPOINTS = KeypointSpec(
     name="crowdpose",
     names=_CROWDPOSE_NAMES,
     # CrowdPose evaluation sigmas (crowdposetools), in the order of the names above.
-    sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-            0.079, 0.079),
+    sigmas=(
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
+        0.079,
+        0.079,
+    ),
     flip_pairs=tuple(
-        (f"left_{p}", f"right_{p}")
-        for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+        (f"left_{p}", f"right_{p}") for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
     ),
     skeleton=_pairs(_CROWDPOSE_NAMES, _CROWDPOSE_LIMBS),
     rescore_scale_limbs=(9, 11),
@@ -239,7 +281,7 @@ def get_keypoint_spec(name_or_dict: str | Mapping[str, Any] | KeypointSpec) -> K
             return _BUILTIN[name_or_dict]
         except KeyError:
             raise ValueError(
-                f"unknown keypoint spec {name_or_dict!r}; built-ins are {sorted(_BUILTIN)}, or give "
-                "the spec inline (names, sigmas, flip_pairs, skeleton)"
+                f"unknown keypoint spec {name_or_dict!r}; built-ins are {sorted(_BUILTIN)}, "
+                "or give the spec inline (names, sigmas, flip_pairs, skeleton)"
             ) from None
     return KeypointSpec.from_dict(name_or_dict)

@@ -1,0 +1,117 @@
+"""The DEKR network: HRNet backbone + heatmap head + per-keypoint adaptive offset regression.
+
+Parameter names equal the official ``PoseHigherResolutionNet`` (lib/models/hrnet_dekr.py), so
+``model.load_state_dict(official_state_dict, strict=True)`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dekr.models.adaptive import AdaptBlock, AdaptiveConv
+from dekr.models.hrnet import HRNET_SPECS, BasicBlock, HRNet, HRNetSpec, conv_bn
+
+__all__ = ["DEKR", "build_model", "init_official"]
+
+
+class DEKR(HRNet):
+    """DEKR pose network.
+
+    ``forward(images (B, 3, H, W))`` returns ``(heatmaps (B, K+1, H/4, W/4), offsets (B, 2K, H/4,
+    W/4))`` in train and eval mode alike: K keypoint heatmaps with the person centre last (no
+    sigmoid), and offsets ``pixel − keypoint`` in output pixels, x at channel 2k, y at 2k+1.
+
+    Args:
+        spec: HRNet variant (see :data:`dekr.models.hrnet.HRNET_SPECS`).
+        num_keypoints: K.
+        adaptive_impl: ``"auto"``, ``"deform"`` or ``"grid_sample"`` (see
+            :mod:`dekr.models.adaptive`); the choice does not change the parameters.
+    """
+
+    def __init__(self, spec: HRNetSpec, num_keypoints: int, adaptive_impl: str = "auto") -> None:
+        super().__init__(spec)
+        if num_keypoints < 1:
+            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        self.num_keypoints = num_keypoints
+        feat = self.out_channels
+        hc, oc = spec.head_channels, spec.offset_channels_per_keypoint
+        # Official layer order and names (hrnet_dekr.py:63-137); transitions use default BN.
+        self.transition_heatmap = conv_bn(feat, hc, 1)
+        self.transition_offset = conv_bn(feat, num_keypoints * oc, 1)
+        self.head_heatmap = nn.ModuleList(
+            [nn.Sequential(BasicBlock(hc, hc)), nn.Conv2d(hc, num_keypoints + 1, 1)]
+        )
+        self.offset_feature_layers = nn.ModuleList(
+            nn.Sequential(AdaptBlock(oc, adaptive_impl), AdaptBlock(oc, adaptive_impl))
+            for _ in range(num_keypoints)
+        )
+        self.offset_final_layer = nn.ModuleList(nn.Conv2d(oc, 2, 1) for _ in range(num_keypoints))
+
+    def set_adaptive_impl(self, impl: str) -> None:
+        """Switch every adaptive convolution to ``impl`` (weights are shared by both)."""
+        for m in self.modules():
+            if isinstance(m, AdaptiveConv):
+                m.impl = impl
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        feature = self.concat(super().forward(images))
+        heatmaps = self.head_heatmap[1](self.head_heatmap[0](self.transition_heatmap(feature)))
+        offset_feature = self.transition_offset(feature)
+        oc = self.spec.offset_channels_per_keypoint
+        offsets = [
+            final(layers(offset_feature[:, k * oc : (k + 1) * oc]))
+            for k, (layers, final) in enumerate(
+                zip(self.offset_feature_layers, self.offset_final_layer)
+            )
+        ]
+        return heatmaps, torch.cat(offsets, dim=1)
+
+
+def init_official(model: nn.Module) -> None:
+    """The official training initialisation (hrnet_dekr.py ``init_weights``, before loading).
+
+    Conv2d weights ~ N(0, 0.001²) and biases 0; BN γ=1, β=0; the adaptive blocks' transform and
+    translation convs all zero, so every adaptive conv starts as a 1x1 conv (M = 0, t = 0).
+    ``AdaptiveConv`` weights keep their kaiming-uniform default, as the official DeformConv2d does.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, AdaptBlock):
+            for conv in (m.transform_matrix_conv, m.translation_conv):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+
+def build_model(
+    backbone: str | HRNetSpec = "hrnet_w32",
+    *,
+    num_keypoints: int,
+    adaptive_impl: str = "auto",
+) -> DEKR:
+    """A DEKR network with the official initialisation.
+
+    Args:
+        backbone: a name from :data:`HRNET_SPECS` or an :class:`HRNetSpec`.
+        num_keypoints: K (from the :class:`~dekr.keypoints.KeypointSpec`).
+        adaptive_impl: adaptive convolution implementation.
+    """
+    if isinstance(backbone, str):
+        try:
+            spec = HRNET_SPECS[backbone]
+        except KeyError:
+            raise ValueError(
+                f"unknown backbone {backbone!r}; expected one of {sorted(HRNET_SPECS)}"
+            ) from None
+    else:
+        spec = backbone
+    model = DEKR(spec, num_keypoints, adaptive_impl)
+    init_official(model)
+    return model

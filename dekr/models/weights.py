@@ -1,0 +1,122 @@
+"""Loading official DEKR checkpoints and ImageNet HRNet backbones, strictly.
+
+The official code silently trains from noise when its pretrained file is missing and loads with
+``strict=False``; here a missing file, a missing or unexpected key or a shape mismatch is an error
+naming the file and the first offending keys. Every load uses ``torch.load(weights_only=True)``:
+a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "read_state_dict",
+    "load_official_dekr",
+    "load_imagenet_backbone",
+    "CLASSIFICATION_ONLY_PREFIXES",
+    "HEAD_PREFIXES",
+]
+
+# Keys of classification HRNets (official HRNet-Image-Classification and timm ``hrnet_w*``) that
+# a pose backbone does not have.
+CLASSIFICATION_ONLY_PREFIXES = (
+    "incre_modules.",
+    "downsamp_modules.",
+    "final_layer.",
+    "classifier.",
+)
+# DEKR head modules (everything else is backbone).
+HEAD_PREFIXES = (
+    "transition_heatmap.", "transition_offset.", "head_heatmap.",
+    "offset_feature_layers.", "offset_final_layer.",
+)  # fmt: skip
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from ``path`` safely.
+
+    Accepts a bare state dict, or a dict holding one under ``state_dict`` / ``model``; strips a
+    ``module.`` prefix left by DataParallel/DDP.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors carry long messages: keep the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot read checkpoint {path}: {first}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    more = f" (and {len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _check(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, expected_keys: set[str]
+) -> None:
+    own = model.state_dict()
+    key = "head_heatmap.1.weight"
+    if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
+        raise ValueError(
+            f"{source}: the checkpoint predicts K={state[key].shape[0] - 1} keypoints, the model "
+            f"K={own[key].shape[0] - 1}; use the keypoint spec the checkpoint was trained with"
+        )
+    # BN ``num_batches_tracked`` counters are absent from checkpoints of old PyTorch versions.
+    missing = sorted(k for k in expected_keys - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    if missing:
+        raise ValueError(f"{source}: missing keys {_first(missing)}")
+    if unexpected:
+        raise ValueError(f"{source}: unexpected keys {_first(unexpected)}")
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if bad:
+        raise ValueError(f"{source}: shape mismatch {_first(bad, 3)}")
+
+
+def load_official_dekr(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> None:
+    """Load an official DEKR checkpoint (``pose_dekr_hrnetw32_coco.pth`` layout) strictly."""
+    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    name = str(source) if isinstance(source, (str, Path)) else "state dict"
+    _check(model, state, name, set(model.state_dict()))
+    model.load_state_dict(state, strict=False)  # _check above is the strict check
+
+
+def load_imagenet_backbone(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> int:
+    """Initialise the HRNet backbone from an ImageNet classification checkpoint.
+
+    Classification-only keys (:data:`CLASSIFICATION_ONLY_PREFIXES`) are ignored; every backbone
+    key of ``model`` must be present with its shape. The heads keep their initialisation.
+
+    Returns:
+        the number of tensors loaded.
+    """
+    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    name = str(source) if isinstance(source, (str, Path)) else "state dict"
+    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFICATION_ONLY_PREFIXES)}
+    head = [k for k in state if k.startswith(HEAD_PREFIXES)]
+    if head:
+        raise ValueError(
+            f"{name}: holds DEKR head keys ({_first(head, 2)}); this is a pose checkpoint, "
+            "not an ImageNet backbone: load it as a DEKR checkpoint instead"
+        )
+    backbone_keys = {k for k in model.state_dict() if not k.startswith(HEAD_PREFIXES)}
+    _check(model, state, name, backbone_keys)
+    model.load_state_dict(state, strict=False)
+    return len(state)

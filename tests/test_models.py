@@ -1,0 +1,172 @@
+"""DEKR network: shapes, exact sizes, official key layout, adaptive convolution equivalence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dekr.models.adaptive import AdaptBlock, AdaptiveConv
+from dekr.models.dekr import build_model
+from dekr.models.summary import count_multiply_adds, count_parameters
+
+FIXTURE = Path(__file__).parent / "fixtures" / "official_dekr_keys.json"
+
+
+@pytest.fixture(scope="module")
+def official_keys() -> dict[str, dict[str, list[int]]]:
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.mark.parametrize("k", [3, 14, 17])
+@pytest.mark.parametrize("train", [True, False])
+def test_output_shapes(k: int, train: bool) -> None:
+    model = build_model("hrnet_w8_tiny", num_keypoints=k).train(train)
+    heatmaps, offsets = model(torch.randn(2, 3, 64, 128))
+    assert heatmaps.shape == (2, k + 1, 16, 32)
+    assert offsets.shape == (2, 2 * k, 16, 32)
+
+
+def test_unknown_backbone_is_clear() -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'hrnet_w31'.*hrnet_w32"):
+        build_model("hrnet_w31", num_keypoints=17)
+
+
+@pytest.mark.parametrize(
+    "backbone,k,params",
+    [("hrnet_w32", 17, 29_561_182), ("hrnet_w48", 17, 65_684_590), ("hrnet_w32", 14, 29_522_071)],
+)
+def test_exact_parameter_counts(backbone: str, k: int, params: int) -> None:
+    assert count_parameters(build_model(backbone, num_keypoints=k)) == params
+
+
+def test_w32_multiply_adds() -> None:
+    model = build_model("hrnet_w32", num_keypoints=17)
+    assert count_multiply_adds(model, (512, 512)) == 45_385_056_256
+
+
+@pytest.mark.slow
+def test_w48_multiply_adds() -> None:
+    model = build_model("hrnet_w48", num_keypoints=17)
+    assert count_multiply_adds(model, (640, 640)) == 141_526_732_800
+
+
+@pytest.mark.parametrize(
+    "name,backbone,k",
+    [
+        ("coco_w32", "hrnet_w32", 17),
+        ("coco_w48", "hrnet_w48", 17),
+        ("crowdpose_w32", "hrnet_w32", 14),
+    ],
+)
+def test_state_dict_equals_official_layout(official_keys, name: str, backbone: str, k: int) -> None:
+    ours = {
+        key: list(v.shape) for key, v in build_model(backbone, num_keypoints=k).state_dict().items()
+    }
+    assert ours == official_keys[name]
+
+
+def test_backbone_key_count(official_keys) -> None:
+    from dekr.models.weights import HEAD_PREFIXES
+
+    backbone = [k for k in official_keys["coco_w32"] if not k.startswith(HEAD_PREFIXES)]
+    assert len(backbone) == 1830
+
+
+def test_official_init() -> None:
+    model = build_model("hrnet_w8_tiny", num_keypoints=3)
+    block = model.offset_feature_layers[0][0]
+    assert torch.count_nonzero(block.transform_matrix_conv.weight) == 0
+    assert torch.count_nonzero(block.translation_conv.bias) == 0
+    assert model.conv1.weight.std().item() == pytest.approx(0.001, rel=0.3)
+    assert torch.equal(model.bn1.weight, torch.ones_like(model.bn1.weight))
+
+
+def _random_affine(b: int, h: int, w: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    matrix = torch.randn(b, 4, h, w, generator=g, dtype=torch.float64) * scale
+    matrix[:, 0] += 1.0
+    matrix[:, 3] += 1.0
+    translation = torch.randn(b, 2, h, w, generator=g, dtype=torch.float64) * 3 * scale
+    return matrix, translation
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 3.0])
+def test_adaptive_implementations_agree(scale: float) -> None:
+    """deform_conv2d and the grid_sample form agree, values and gradients, borders included."""
+    conv = AdaptiveConv(5, 7).double()
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64, requires_grad=True)
+    matrix, translation = _random_affine(2, 9, 11, scale)
+    results = []
+    for impl in ("deform", "grid_sample"):
+        conv.impl = impl
+        conv.zero_grad()
+        x.grad = None
+        out = conv(x, matrix, translation)
+        out.square().sum().backward()
+        results.append((out.detach(), x.grad.clone(), conv.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["deform", "grid_sample"])
+def test_identity_matrix_is_a_plain_conv(impl: str) -> None:
+    conv = AdaptiveConv(4, 6, impl).double()
+    x = torch.randn(1, 4, 8, 10, dtype=torch.float64)
+    eye = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 4, 1, 1)
+    out = conv(x, eye.expand(1, 4, 8, 10), torch.zeros(1, 2, 8, 10, dtype=torch.float64))
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight, padding=1))
+
+
+@pytest.mark.parametrize("impl", ["deform", "grid_sample"])
+def test_matrix_acts_on_dy_dx(impl: str) -> None:
+    """M = diag(2, 1) doubles only the vertical tap spread (official (dy, dx) layout)."""
+    conv = AdaptiveConv(1, 1, impl).double()
+    x = torch.randn(1, 1, 12, 12, dtype=torch.float64)
+    m = torch.tensor([2.0, 0.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 4, 1, 1)
+    out = conv(x, m.expand(1, 4, 12, 12), torch.zeros(1, 2, 12, 12, dtype=torch.float64))
+    expected = F.conv2d(x, conv.weight, padding=(2, 1), dilation=(2, 1))
+    torch.testing.assert_close(out, expected)
+
+
+def test_zero_matrix_block_is_a_1x1_conv() -> None:
+    """With the official init (M = 0, t = 0) every tap samples the centre pixel."""
+    block = AdaptBlock(3, "grid_sample").double().eval()
+    for conv in (block.transform_matrix_conv, block.translation_conv):
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    w = block.adapt_conv.weight.sum(dim=(2, 3), keepdim=True)
+    expected = torch.relu(block.bn(F.conv2d(x, w)) + x)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_same_weights_same_maps() -> None:
+    a = build_model("hrnet_w8_tiny", num_keypoints=5).eval()
+    b = build_model("hrnet_w8_tiny", num_keypoints=5).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    for ta, tb in zip(a(x), b(x)):
+        assert torch.equal(ta, tb)
+
+
+def test_model_impls_agree_end_to_end() -> None:
+    model = build_model("hrnet_w8_tiny", num_keypoints=3).double().eval()
+    for m in model.modules():
+        if isinstance(m, AdaptBlock):  # make the adaptive convs really deform
+            torch.nn.init.normal_(m.transform_matrix_conv.weight, std=0.3)
+            torch.nn.init.normal_(m.translation_conv.weight, std=0.3)
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    model.set_adaptive_impl("deform")
+    ref = model(x)
+    model.set_adaptive_impl("grid_sample")
+    for a, b in zip(ref, model(x)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_bad_impl_is_clear() -> None:
+    with pytest.raises(ValueError, match="adaptive conv impl 'dcn' unknown"):
+        build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl="dcn")
