@@ -21,7 +21,16 @@ import numpy as np
 
 from dekr.keypoints import KeypointSpec
 
-__all__ = ["HUMAN_POINTS", "Figure", "FigureMaker", "draw_background", "draw_figure"]
+__all__ = [
+    "HUMAN_POINTS",
+    "Figure",
+    "FigureMaker",
+    "add_pixel_noise",
+    "draw_background",
+    "draw_crowd",
+    "draw_figure",
+    "draw_occluders",
+]
 
 # (kind, points (P, 2), size, colour): kind is "line" (size = thickness), "disc" (size = radius)
 # or "poly" (filled convex polygon, size unused). Points and sizes are in image pixels once placed.
@@ -260,3 +269,31 @@ def add_pixel_noise(rng: np.random.Generator, image: np.ndarray, max_sigma: floa
     sigma = rng.uniform(0, max_sigma)
     noise = rng.standard_normal(image.shape, dtype=np.float32) * sigma
     np.copyto(image, np.clip(image + noise, 0, 255).astype(np.uint8))
+
+
+def draw_crowd(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray,
+           maker: FigureMaker, label: int) -> None:  # fmt: skip
+    """Draw a cluttered patch of tiny figures; their pixels get ``label`` in ``labels``."""
+    h, w = labels.shape
+    pw, ph = rng.uniform(0.2, 0.4) * w, rng.uniform(0.15, 0.3) * h
+    x0, y0 = rng.uniform(0, w - pw), rng.uniform(0, h - ph)
+    for _ in range(int(rng.integers(5, 16))):
+        height = rng.uniform(0.06, 0.12) * h
+        centre = np.array([rng.uniform(x0, x0 + pw), rng.uniform(y0, y0 + ph)])
+        fig = maker.make(rng, centre, height)
+        draw_figure(image, fig)
+        draw_figure(labels, fig, label)
+
+
+def draw_occluders(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, label: int
+) -> None:
+    """1-2 solid shapes drawn over everything (``label`` in ``labels``)."""
+    h, w = labels.shape
+    for _ in range(int(rng.integers(1, 3))):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        a, b = rng.uniform(0.04, 0.15) * w, rng.uniform(0.04, 0.15) * h
+        box = cv2.boxPoints(((cx, cy), (2 * a, 2 * b), rng.uniform(0, 180))).astype(np.int32)
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.fillConvexPoly(image, box, color, cv2.LINE_AA)
+        cv2.fillConvexPoly(labels, box, label)

@@ -40,7 +40,14 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dekr.data.figures import FigureMaker, add_pixel_noise, draw_background, draw_figure
+from dekr.data.figures import (
+    FigureMaker,
+    add_pixel_noise,
+    draw_background,
+    draw_crowd,
+    draw_figure,
+    draw_occluders,
+)
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 
 __all__ = [
@@ -84,32 +91,6 @@ class SceneOptions:
             raise ValueError(
                 f"need 0 < min_height <= max_height, got {self.min_height}, {self.max_height}"
             )
-
-
-def _crowd(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray,
-           maker: FigureMaker) -> None:  # fmt: skip
-    """Draw a cluttered patch of tiny figures; their pixels get ``_CROWD_ID`` in ``labels``."""
-    h, w = labels.shape
-    pw, ph = rng.uniform(0.2, 0.4) * w, rng.uniform(0.15, 0.3) * h
-    x0, y0 = rng.uniform(0, w - pw), rng.uniform(0, h - ph)
-    for _ in range(int(rng.integers(5, 16))):
-        height = rng.uniform(0.06, 0.12) * h
-        centre = np.array([rng.uniform(x0, x0 + pw), rng.uniform(y0, y0 + ph)])
-        fig = maker.make(rng, centre, height)
-        draw_figure(image, fig)
-        draw_figure(labels, fig, _CROWD_ID)
-
-
-def _occluders(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> None:
-    """1-2 solid shapes drawn over everything (``_OCCLUDER_ID`` in ``labels``)."""
-    h, w = labels.shape
-    for _ in range(int(rng.integers(1, 3))):
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        a, b = rng.uniform(0.04, 0.15) * w, rng.uniform(0.04, 0.15) * h
-        box = cv2.boxPoints(((cx, cy), (2 * a, 2 * b), rng.uniform(0, 180))).astype(np.int32)
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        cv2.fillConvexPoly(image, box, color, cv2.LINE_AA)
-        cv2.fillConvexPoly(labels, box, _OCCLUDER_ID)
 
 
 def _visibility(rng: np.random.Generator, keypoints: np.ndarray, labels: np.ndarray,
@@ -169,7 +150,7 @@ def render_scene(rng: np.random.Generator, maker: FigureMaker, size: tuple[int, 
     image = draw_background(rng, w, h)
     labels = np.zeros((h, w), np.uint8)
     if rng.random() < options.crowd_prob:
-        _crowd(rng, image, labels, maker)
+        draw_crowd(rng, image, labels, maker, _CROWD_ID)
     n = int(rng.integers(0, options.max_people + 1))
     heights = np.sort(
         np.exp(rng.uniform(np.log(options.min_height), np.log(options.max_height), n))
@@ -182,7 +163,7 @@ def render_scene(rng: np.random.Generator, maker: FigureMaker, size: tuple[int, 
         draw_figure(labels, fig, i + 1)
         figures.append(fig)
     if rng.random() < options.occluder_prob:
-        _occluders(rng, image, labels)
+        draw_occluders(rng, image, labels, _OCCLUDER_ID)
     add_pixel_noise(rng, image)
     anns = []
     for i, fig in enumerate(figures):
