@@ -271,8 +271,9 @@ def add_pixel_noise(rng: np.random.Generator, image: np.ndarray, max_sigma: floa
     np.copyto(image, np.clip(image + noise, 0, 255).astype(np.uint8))
 
 
-def draw_crowd(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray,
-           maker: FigureMaker, label: int) -> None:  # fmt: skip
+def draw_crowd(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, maker: FigureMaker, label: int
+) -> None:
     """Draw a cluttered patch of tiny figures; their pixels get ``label`` in ``labels``."""
     h, w = labels.shape
     pw, ph = rng.uniform(0.2, 0.4) * w, rng.uniform(0.15, 0.3) * h
