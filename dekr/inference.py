@@ -1,0 +1,218 @@
+"""Test-time pipeline: eval resize, flip test, multi-scale forward passes, inverse transform.
+
+``predict_poses`` runs a model callable ``model(images (B, 3, H, W)) -> (heatmaps, offsets)`` on a
+list of RGB images of any sizes, batched by zero padding (every image keeps its true size, so the
+padded area never produces detections), and returns poses in original image pixels.
+
+Resize (official ``get_multi_scale_size``, DEKR_REFERENCE §6.2): the short side becomes
+``input_size · s``, the long side ``ceil64(input_size / short · long) · s``; the image is warped by
+the similarity ``x' = k (x − c) + size / 2`` around ``c = (int(w/2 + 0.5), int(h/2 + 0.5))`` with
+``k`` = resized short side / short side. Decoded poses (scale-1 input pixels) go back through the
+inverse of the scale-1 transform.
+
+Flip test (§6.3): the second pass sees the mirrored image shifted left by ``flip_shift`` input
+pixels (the last ``flip_shift`` columns keep the unshifted mirror, as the official code does).
+Input column ``x'`` of that image shows original column ``W − 1 − flip_shift − x'``, so its output
+pixel ``u'`` (input ``stride · u'``) lies at original output coordinate ``c − u'`` with
+``c = (W − 1 − flip_shift) / stride``. Poses of the flipped pass are decoded per pixel, joints
+permuted by ``spec.flip_index`` and mirrored as ``x ← c − x`` (exact for any shift); the heatmaps
+(channels permuted by ``spec.flip_index_with_center``) and the pose map are mirrored back about
+``c``. With ``flip_shift = stride − 1`` (3, official checkpoints) ``c`` is an integer and the maps
+are mirrored exactly, as officially. Other shifts need a sub-pixel resample: heatmaps are
+linearly interpolated, the pose map takes the nearest pixel. The default 0 is a plain mirror.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from dekr.decoder import DEKRDecoder, ScaleMaps, offsets_to_poses
+from dekr.keypoints import KeypointSpec
+
+__all__ = ["EvalTransform", "eval_transform", "resize_image", "predict_poses", "forward_scale"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Model = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Similarity ``x' = zoom · (x − center) + size / 2`` from an original image to the input.
+
+    Attributes:
+        center: (cx, cy) original pixels. zoom: input px per original px. size: (w, h) input.
+    """
+
+    center: tuple[float, float]
+    zoom: float
+    size: tuple[int, int]
+
+    def matrix(self) -> np.ndarray:
+        """2×3 affine matrix for ``cv2.warpAffine``."""
+        (cx, cy), k, (w, h) = self.center, self.zoom, self.size
+        return np.array([[k, 0.0, w / 2 - k * cx], [0.0, k, h / 2 - k * cy]], dtype=np.float64)
+
+    def to_input(self, points: np.ndarray) -> np.ndarray:
+        """Original → input pixels for points (..., 2)."""
+        c, half = np.asarray(self.center), np.asarray(self.size) / 2
+        return (np.asarray(points, dtype=np.float64) - c) * self.zoom + half
+
+    def to_original(self, points: Union[np.ndarray, Tensor]) -> Union[np.ndarray, Tensor]:
+        """Input → original pixels for points (..., 2); numpy or torch."""
+        c, half = self.center, (self.size[0] / 2, self.size[1] / 2)
+        if isinstance(points, Tensor):
+            shift = points.new_tensor(half)
+            return (points - shift) / self.zoom + points.new_tensor(c)
+        return (np.asarray(points, dtype=np.float64) - half) / self.zoom + np.asarray(c)
+
+
+def eval_transform(height: int, width: int, input_size: int, scale: float = 1.0) -> EvalTransform:
+    """Official test resize of an (height, width) image at test scale ``scale``."""
+    base = int((input_size + 63) // 64 * 64)
+    short, long = min(height, width), max(height, width)
+    short_r = int(base * scale)
+    long_r = int(int((base / short * long + 63) // 64 * 64) * scale)
+    size = (short_r, long_r) if width < height else (long_r, short_r)
+    center = (float(int(width / 2.0 + 0.5)), float(int(height / 2.0 + 0.5)))
+    return EvalTransform(center=center, zoom=short_r / short, size=size)
+
+
+def resize_image(image: np.ndarray, transform: EvalTransform) -> np.ndarray:
+    """Warp an (H, W, 3) image to ``transform.size`` (bilinear, black border)."""
+    return cv2.warpAffine(image, transform.matrix(), transform.size, flags=cv2.INTER_LINEAR)
+
+
+def _batch(images: Sequence[np.ndarray], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Normalised, zero-padded batch (B, 3, H, W) and true sizes (B, 2) as (h, w)."""
+    hp = max(im.shape[0] for im in images)
+    wp = max(im.shape[1] for im in images)
+    batch = torch.zeros(len(images), 3, hp, wp, device=device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    for i, im in enumerate(images):
+        t = torch.from_numpy(np.ascontiguousarray(im)).to(device).permute(2, 0, 1).float() / 255
+        batch[i, :, : im.shape[0], : im.shape[1]] = (t - mean) / std
+    sizes = torch.tensor([im.shape[:2] for im in images], device=device)
+    return batch, sizes
+
+
+def _flip_inputs(batch: Tensor, widths: Tensor, shift: int) -> Tensor:
+    """Mirror every image within its true width, shifted left by ``shift`` px (official)."""
+    x = torch.arange(batch.shape[-1], device=batch.device)[None]
+    w = widths[:, None]
+    src = torch.where(x < w - shift, w - 1 - shift - x, torch.where(x < w, w - 1 - x, x))
+    index = src[:, None, None, :].expand(-1, batch.shape[1], batch.shape[2], -1)
+    return batch.gather(3, index)
+
+
+def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor, nearest: bool) -> Tensor:
+    """``out[..., u] = maps[..., c − u]`` along the last axis, per image; linear or nearest.
+
+    maps: (B, ..., w) with the width last; centers (B,) float; widths (B,) true map widths.
+    """
+    b, w = maps.shape[0], maps.shape[-1]
+    u = torch.arange(w, device=maps.device, dtype=centers.dtype)[None]
+    src = centers[:, None] - u
+    if nearest:
+        src = torch.round(src)
+    lo = src.floor()
+    frac = (src - lo).to(maps.dtype)
+    hi_w = widths[:, None].to(src.dtype) - 1
+    view = (b,) + (1,) * (maps.dim() - 2) + (w,)
+
+    def take(idx: Tensor) -> Tensor:
+        idx = torch.minimum(idx.clamp(min=0), hi_w).long().reshape(view).expand_as(maps)
+        return maps.gather(-1, idx)
+
+    out = take(lo)
+    if nearest or not bool((frac != 0).any()):
+        return out
+    return out * (1 - frac.reshape(view)) + take(lo + 1) * frac.reshape(view)
+
+
+def forward_scale(
+    model: Model,
+    batch: Tensor,
+    sizes: Tensor,
+    *,
+    spec: KeypointSpec,
+    scale: float,
+    flip: bool,
+    flip_shift: int = 0,
+    stride: int = 4,
+) -> ScaleMaps:
+    """Network pass(es) at one scale: (flip-averaged) heatmaps and pose maps."""
+    heatmaps, offsets = model(batch)
+    heatmaps, offsets = heatmaps.float(), offsets.float()
+    map_sizes = (sizes + stride - 1) // stride
+    poses = offsets_to_poses(offsets)
+    if flip:
+        heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift))
+        c = (sizes[:, 1].to(heat_f.dtype) - 1 - flip_shift) / stride
+        heat_f = _mirror_maps(heat_f.float()[:, spec.flip_index_with_center], c, map_sizes[:, 1],
+                              nearest=False)  # fmt: skip
+        pose_f = offsets_to_poses(off_f.float())[..., spec.flip_index, :]
+        pose_f = torch.stack([c[:, None, None, None] - pose_f[..., 0], pose_f[..., 1]], -1)
+        pose_f = _mirror_maps(pose_f.permute(0, 1, 3, 4, 2), c, map_sizes[:, 1], nearest=True)
+        heatmaps = (heatmaps + heat_f) / 2
+        poses = (poses + pose_f.permute(0, 1, 4, 2, 3)) / 2
+    return ScaleMaps(heatmaps=heatmaps, poses=poses, sizes=map_sizes, scale=scale)
+
+
+@torch.no_grad()
+def predict_poses(
+    model: Model,
+    images: Sequence[np.ndarray],
+    *,
+    spec: KeypointSpec,
+    input_size: int = 512,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+    flip_shift: int = 0,
+    decoder: Optional[DEKRDecoder] = None,
+    device: Union[str, torch.device, None] = None,
+    stride: int = 4,
+) -> list[dict[str, np.ndarray]]:
+    """Poses of every image (RGB uint8 (H, W, 3)) in original image pixels.
+
+    Args:
+        model: callable returning heatmaps (B, K+1, H/4, W/4) and offsets (B, 2K, H/4, W/4).
+        scales: test scales (multi-scale: (2, 1, 0.5)); must contain 1.
+        flip_shift: input-pixel shift of the flipped pass, see the module docstring.
+        decoder: defaults to ``DEKRDecoder(spec)``; its ``rescorer`` is applied at the end.
+
+    Returns:
+        one dict per image: ``keypoints`` (N, K, 3) float32 (x, y, score), ``scores`` (N,).
+    """
+    if 1.0 not in scales:
+        raise ValueError(f"scales {tuple(scales)} must contain 1.0 (the reference scale)")
+    decoder = decoder or DEKRDecoder(spec, stride=stride)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    base = [eval_transform(im.shape[0], im.shape[1], input_size, 1.0) for im in images]
+    maps = []
+    for s in sorted(scales, reverse=True):
+        resized = [
+            resize_image(im, eval_transform(im.shape[0], im.shape[1], input_size, s))
+            for im in images
+        ]
+        batch, sizes = _batch(resized, device)
+        maps.append(forward_scale(model, batch, sizes, spec=spec, scale=s, flip=flip,
+                                  flip_shift=flip_shift, stride=stride))  # fmt: skip
+    results = []
+    for det, t in zip(decoder.decode(maps), base):
+        kpts = det["keypoints"].double().cpu()
+        kpts[..., :2] = t.to_original(kpts[..., :2])
+        scores = det["scores"].double().cpu()
+        if decoder.rescorer is not None and len(scores):
+            scores = decoder.rescorer(kpts, scores)
+        results.append({"keypoints": kpts.float().numpy(), "scores": scores.float().numpy()})
+    return results
