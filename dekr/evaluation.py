@@ -1,0 +1,208 @@
+"""COCO keypoint AP through pycocotools, with the spec's OKS sigmas (detectron2-style evaluator).
+
+``COCOEvaluator.process`` keeps one entry per image id, so repeated images (the distributed
+sampler pads the last batch by repeating samples; gathered predictions of all ranks may be fed
+again) are never counted twice. Its inputs and :meth:`COCOEvaluator.state` are plain lists, easy to
+all-gather. Without a COCO JSON, ground truth is built in memory from samples
+(:meth:`COCOEvaluator.add_ground_truth`); a missing annotation area (CrowdPose) is replaced by the
+area of the labelled keypoints' box. When the images carry ``crowdIndex``, AP is also reported for
+CrowdPose's easy (< 0.1), medium (0.1-0.8) and hard (> 0.8) subsets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from dekr.keypoints import KeypointSpec
+
+__all__ = ["COCOEvaluator", "format_table", "keypoint_box_area"]
+
+_STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+_CROWD_SPLITS = (("APE", 0.0, 0.1), ("APM_crowd", 0.1, 0.8), ("APH", 0.8, float("inf")))
+
+
+def keypoint_box_area(keypoints: np.ndarray) -> float:
+    """Area of the box of the labelled keypoints (K, 3); 0 without any."""
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
+    xy = kp[kp[:, 2] > 0, :2]
+    if len(xy) == 0:
+        return 0.0
+    w, h = xy.max(0) - xy.min(0)
+    return float(w * h)
+
+
+def _fill_missing(dataset: dict[str, Any]) -> None:
+    """Give annotations without ``area`` / ``bbox`` / ``num_keypoints`` keypoint-derived ones."""
+    for ann in dataset.get("annotations", []):
+        kp = np.asarray(ann.get("keypoints", []), dtype=np.float64).reshape(-1, 3)
+        if "num_keypoints" not in ann:
+            ann["num_keypoints"] = int((kp[:, 2] > 0).sum())
+        if "area" not in ann:
+            ann["area"] = keypoint_box_area(kp)
+        if "bbox" not in ann:
+            xy = kp[kp[:, 2] > 0, :2]
+            lo, hi = (xy.min(0), xy.max(0)) if len(xy) else (np.zeros(2), np.zeros(2))
+            ann["bbox"] = [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("category_id", 1)
+
+
+def _quiet_coco(dataset: dict[str, Any]) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two-row COCO table of the metrics, ending with a line ``AP <value>``."""
+    names = [n for n in _STAT_NAMES + tuple(s[0] for s in _CROWD_SPLITS) if n in metrics]
+    head = "| " + " | ".join(f"{n:>9}" for n in names) + " |"
+    rule = "|" + "|".join("-" * 11 for _ in names) + "|"
+    row = "| " + " | ".join(f"{metrics[n]:9.4f}" for n in names) + " |"
+    return "\n".join([head, rule, row, f"AP {metrics.get('AP', 0.0):.4f}"])
+
+
+class COCOEvaluator:
+    """Collect predictions per image and evaluate OKS AP with pycocotools.
+
+    Args:
+        spec: keypoint set; its sigmas become ``kpt_oks_sigmas``.
+        coco_gt: ground truth; ``None`` to build it from :meth:`add_ground_truth` calls.
+        category_id: the person category of results.
+    """
+
+    def __init__(self, spec: KeypointSpec, coco_gt: Optional[COCO] = None, category_id: int = 1):
+        self.spec = spec
+        self.category_id = category_id
+        self.coco_gt = coco_gt
+        if coco_gt is not None:
+            _fill_missing(coco_gt.dataset)  # coco_gt.anns shares these dicts
+        self._gt_images: dict[int, dict[str, Any]] = {}
+        self._gt_annotations: dict[int, list[dict[str, Any]]] = {}
+        self.reset()
+
+    @classmethod
+    def from_json(cls, spec: KeypointSpec, path: Union[str, Path]) -> COCOEvaluator:
+        """Evaluator on a COCO keypoint JSON (areas filled from keypoints where missing)."""
+        dataset = json.loads(Path(path).read_text())
+        _fill_missing(dataset)
+        return cls(spec, _quiet_coco(dataset))
+
+    def reset(self) -> None:
+        """Forget all predictions (ground truth added by samples is kept)."""
+        self._predictions: dict[int, list[dict[str, Any]]] = {}
+
+    def add_ground_truth(
+        self,
+        image_id: int,
+        keypoints: np.ndarray,
+        areas: Optional[np.ndarray] = None,
+        *,
+        width: int = 0,
+        height: int = 0,
+        crowd_index: Optional[float] = None,
+    ) -> None:
+        """Ground truth of one image from a sample: keypoints (N, K, 3), areas (N,); idempotent."""
+        kps = np.asarray(keypoints, dtype=np.float64).reshape(-1, self.spec.num_keypoints, 3)
+        image: dict[str, Any] = {"id": int(image_id), "width": int(width), "height": int(height)}
+        if crowd_index is not None:
+            image["crowdIndex"] = float(crowd_index)
+        anns = []
+        for i, kp in enumerate(kps):
+            area = float(areas[i]) if areas is not None and areas[i] > 0 else keypoint_box_area(kp)
+            anns.append({"keypoints": kp.reshape(-1).tolist(), "area": area})
+        self._gt_images[int(image_id)] = image
+        self._gt_annotations[int(image_id)] = anns
+
+    def _build_gt(self) -> COCO:
+        anns, next_id = [], 1
+        for image_id, image_anns in sorted(self._gt_annotations.items()):
+            for ann in image_anns:
+                anns.append({**ann, "image_id": image_id, "id": next_id})
+                next_id += 1
+        dataset = {
+            "images": [self._gt_images[i] for i in sorted(self._gt_images)],
+            "annotations": anns,
+            "categories": [{"id": self.category_id, "name": "person",
+                            "keypoints": list(self.spec.names)}],
+        }  # fmt: skip
+        _fill_missing(dataset)
+        return _quiet_coco(dataset)
+
+    def process(self, image_ids: Sequence[int], predictions: Sequence[dict[str, Any]]) -> None:
+        """Add predictions: one dict per image with ``keypoints`` (N, K, 3) and ``scores`` (N,).
+
+        An image id seen before replaces its earlier records, so repeated images count once.
+        """
+        for image_id, pred in zip(image_ids, predictions):
+            kps = np.asarray(pred["keypoints"], dtype=np.float64)
+            kps = kps.reshape(-1, self.spec.num_keypoints, 3)
+            scores = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+            self._predictions[int(image_id)] = [
+                {
+                    "image_id": int(image_id),
+                    "category_id": self.category_id,
+                    "keypoints": [round(float(v), 3) for v in kp.reshape(-1)],
+                    "score": float(np.nan_to_num(s)),
+                }
+                for kp, s in zip(kps, scores)
+            ]
+
+    def state(self) -> list[dict[str, Any]]:
+        """All result records (plain lists / numbers), e.g. for an all-gather."""
+        return [r for i in sorted(self._predictions) for r in self._predictions[i]]
+
+    @property
+    def image_ids(self) -> list[int]:
+        """Image ids with predictions, sorted."""
+        return sorted(self._predictions)
+
+    def write_results(self, path: Union[str, Path]) -> Path:
+        """COCO results JSON of all records."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.state()))
+        return path
+
+    def _coco_eval(self, gt: COCO, results: list[dict[str, Any]], img_ids: list[int]) -> np.ndarray:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes(copy.deepcopy(results))
+            ev = COCOeval(gt, dt, "keypoints")
+            ev.params.kpt_oks_sigmas = np.asarray(self.spec.sigmas, dtype=np.float64)
+            ev.params.imgIds = img_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        return np.maximum(ev.stats, 0.0)
+
+    def evaluate(self) -> dict[str, float]:
+        """COCO keypoint metrics (AP, AP50, AP75, APM, APL, AR, …; plus APE/APM_crowd/APH)."""
+        gt = self.coco_gt if self.coco_gt is not None else self._build_gt()
+        results = self.state()
+        img_ids = self.image_ids
+        if not results or not img_ids:
+            return {n: 0.0 for n in _STAT_NAMES}
+        metrics = dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
+        crowd = {i: gt.imgs[i].get("crowdIndex") for i in img_ids if i in gt.imgs}
+        if crowd and all(v is not None for v in crowd.values()):
+            for name, lo, hi in _CROWD_SPLITS:
+                ids = [i for i, c in crowd.items() if lo <= c < hi]
+                subset = [r for r in results if r["image_id"] in set(ids)]
+                metrics[name] = float(self._coco_eval(gt, subset, ids)[0]) if subset else 0.0
+        return metrics
+
+    def summary(self, metrics: Optional[dict[str, float]] = None) -> str:
+        """:func:`format_table` of ``metrics`` (default: :meth:`evaluate`)."""
+        return format_table(self.evaluate() if metrics is None else metrics)
