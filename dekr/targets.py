@@ -1,0 +1,311 @@
+"""DEKR training targets: keypoint + centre heatmaps and centre-anchored offsets.
+
+Two implementations of the same maps: :func:`encode_targets` (numpy, one sample, used in data
+loader workers) and :func:`encode_targets_batch` (torch, a padded batch, on any device). Both
+scatter small windows with reductions (max for heatmaps, min-rank for the offset overlap rule);
+there are no per-pixel Python loops. Coordinates follow ``docs/architecture.md``: keypoints in
+output pixels, pixel centres at integer coordinates.
+
+Differences from the official target generators (DEKR_REFERENCE.md §3, items 4, 6, 7):
+
+* Offset-weight size: ``1 / sqrt(area)`` with ``area`` = keypoint-box diagonal² (w² + h² of the
+  labelled keypoints) in INPUT pixels (output diagonal × ``stride``), floored at
+  ``min_box_diagonal``. Official: ``max_x² + max_y²`` (the box is taken together with an
+  unlabelled (0, 0) row, so the "area" depends on where the person stands in the image).
+  Input pixels keep the official order of magnitude of the weights (≈ 1/300).
+* People without labelled keypoints get no centre. Official: a centre at (0, 0) with v = 1.
+* Offset overlap rule per joint: at each pixel of joint k the smallest person (by the size above)
+  that labels joint k wins. Official: one area map shared by all joints, so a person's later
+  joints overwrite anyone; an offset of exactly 0 also counted as "empty".
+* Centre σ is always ``center_sigma``. Official: σ = 2 for the centre whenever K != 17.
+* Offset window: the (2r+1)² pixels centred on the ROUNDED centre (symmetric, 9×9 for r = 4), the
+  pixel the decoder's centre NMS picks from a sub-pixel Gaussian peak. Official: truncated
+  centre and an asymmetric −r..r−1 window (8×8).
+* Kept: Gaussian window ``[floor(x−3σ−1), ceil(x+3σ+2))``, max-combined, sub-pixel peaks; weights
+  1 inside windows and ``bg_weight`` (BG_WEIGHT 0.1) elsewhere, times the valid mask; keypoints
+  and centres outside the map are skipped; persons with annotation area < ``min_center_area``
+  (32², COCOKeypoints.py:91) keep their keypoint heatmaps but get no centre and no offsets;
+  offsets are not masked by the ignore mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["encode_targets", "encode_targets_batch", "person_centers"]
+
+
+def _hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    h, w = output_size
+    return int(h), int(w)
+
+
+def person_centers(
+    keypoints: np.ndarray, areas: np.ndarray, min_center_area: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the labelled keypoints of every person.
+
+    Args:
+        keypoints: (N, K, 3) ``x, y, v``.
+        areas: (N,) annotation areas (original image pixels²).
+        min_center_area: persons with a smaller annotation area get no centre.
+
+    Returns:
+        centres (N, 2) float and ``has_center`` (N,) bool.
+    """
+    lab = keypoints[..., 2] > 0
+    n = lab.sum(-1)
+    xy = (keypoints[..., :2] * lab[..., None]).sum(-2) / np.maximum(n, 1)[:, None]
+    return xy, (n > 0) & (areas >= min_center_area)
+
+
+def _box_diagonal(keypoints: np.ndarray) -> np.ndarray:
+    """(N,) diagonal of the box around the labelled keypoints of each person, (N, K, 3) input."""
+    lab = keypoints[..., 2] > 0
+    big = np.float64(1e12)
+    lo = np.where(lab[..., None], keypoints[..., :2], big).min(-2)
+    hi = np.where(lab[..., None], keypoints[..., :2], -big).max(-2)
+    wh = np.where(lab.any(-1)[:, None], hi - lo, 0.0)
+    return np.sqrt((wh**2).sum(-1))
+
+
+def _window_len(sigma: float) -> int:
+    return int(math.ceil(6 * sigma + 3)) + 1
+
+
+def _gaussian_scatter(heat, weight, mask, pts, chans, sigma) -> None:
+    """Max-combine Gaussians at ``pts`` (M, 2) into channels ``chans`` (M,) of ``heat`` (C, h, w).
+
+    ``weight`` (C, h, w) becomes ``mask`` (h, w) inside every window.
+    """
+    h, w = heat.shape[1:]
+    if len(pts) == 0:
+        return
+    steps = np.arange(_window_len(sigma))
+    lo = np.floor(pts - 3 * sigma - 1)  # window [floor(x-3σ-1), ceil(x+3σ+2)), official
+    hi = np.ceil(pts + 3 * sigma + 2)
+    xs = lo[:, 0:1] + steps  # (M, L)
+    ys = lo[:, 1:2] + steps
+    vx = (xs < hi[:, 0:1]) & (xs >= 0) & (xs < w)
+    vy = (ys < hi[:, 1:2]) & (ys >= 0) & (ys < h)
+    gx = np.exp(-((xs - pts[:, 0:1]) ** 2) / (2 * sigma**2))
+    gy = np.exp(-((ys - pts[:, 1:2]) ** 2) / (2 * sigma**2))
+    val = gy[:, :, None] * gx[:, None, :]
+    pix = ys[:, :, None] * w + xs[:, None, :]
+    valid = vy[:, :, None] & vx[:, None, :]
+    pix = pix[valid].astype(np.int64)
+    idx = np.broadcast_to(chans[:, None, None], valid.shape)[valid] * (h * w) + pix
+    np.maximum.at(heat.reshape(-1), idx, val[valid].astype(np.float32))
+    weight.reshape(-1)[idx] = mask.reshape(-1)[pix]
+
+
+def _inside(xy: np.ndarray, h: int, w: int) -> np.ndarray:
+    return (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < w) & (xy[..., 1] < h)
+
+
+def encode_targets(
+    keypoints: np.ndarray,
+    areas: np.ndarray,
+    valid_mask: np.ndarray | None,
+    *,
+    output_size: int | tuple[int, int],
+    stride: int = 4,
+    sigma: float = 2.0,
+    center_sigma: float = 4.0,
+    bg_weight: float = 0.1,
+    offset_radius: int = 4,
+    min_center_area: float = 32**2,
+    min_box_diagonal: float = 32.0,
+) -> dict[str, np.ndarray]:
+    """DEKR targets of one sample.
+
+    Args:
+        keypoints: (N, K, 3) ``x, y, v`` in OUTPUT pixels; v = 0 marks an unlabelled keypoint.
+        areas: (N,) annotation areas in original image pixels² (only for the small-person rule).
+        valid_mask: (h, w), non-zero where the loss counts (``None``: everywhere).
+        output_size: ``h`` or ``(h, w)`` of the maps.
+        stride: input pixels per output pixel (offset weights use input-pixel person sizes).
+        sigma: keypoint Gaussian σ (DATASET.SIGMA 2); center_sigma: centre σ (CENTER_SIGMA 4).
+        bg_weight: heatmap weight outside Gaussian windows (DATASET.BG_WEIGHT 0.1).
+        offset_radius: half side of the offset window (DATASET.OFFSET_RADIUS 4).
+        min_center_area: annotation area below which a person gets no centre / offsets.
+        min_box_diagonal: floor (input px) of the size in the offset weight ``1/size``.
+
+    Returns:
+        ``heatmaps`` (K+1, h, w), ``heatmap_weights`` (K+1, h, w), ``offsets`` (2K, h, w) and
+        ``offset_weights`` (2K, h, w), all float32.
+    """
+    h, w = _hw(output_size)
+    kps = np.asarray(keypoints, dtype=np.float64)
+    if kps.ndim != 3 or kps.shape[2] != 3:
+        raise ValueError(f"keypoints must be (N, K, 3), got shape {kps.shape}")
+    n, k = kps.shape[:2]
+    areas = np.asarray(areas, dtype=np.float64).reshape(n)
+    heat = np.zeros((k + 1, h, w), np.float32)
+    mask = np.ones((h, w), np.float32) if valid_mask is None else valid_mask.astype(np.float32)
+    hw_ = np.empty((k + 1, h, w), np.float32)
+    hw_[:] = mask * np.float32(bg_weight)
+    centres, has_c = person_centers(kps, areas, min_center_area)
+    kp_ok = (kps[..., 2] > 0) & _inside(kps, h, w)  # (N, K)
+    c_ok = has_c & _inside(centres, h, w)
+    nn, kk = np.nonzero(kp_ok)
+    _gaussian_scatter(heat, hw_, mask, kps[nn, kk, :2], kk, sigma)
+    _gaussian_scatter(heat, hw_, mask, centres[c_ok], np.full(int(c_ok.sum()), k), center_sigma)
+    size = np.maximum(_box_diagonal(kps) * stride, min_box_diagonal)
+    off, off_w = _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, offset_radius)
+    return {"heatmaps": heat, "heatmap_weights": hw_, "offsets": off, "offset_weights": off_w}
+
+
+def _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, radius):
+    """Offsets (2K, h, w) and weights around each centre; the smallest person wins per joint."""
+    n, k = kp_ok.shape
+    off = np.zeros((2 * k, h, w), np.float32)
+    off_w = np.zeros((2 * k, h, w), np.float32)
+    if not (n and c_ok.any()):
+        return off, off_w
+    d = np.arange(-radius, radius + 1)
+    ct = np.clip(np.floor(centres + 0.5), 0, [w - 1, h - 1]).astype(np.int64)  # (N, 2)
+    px = np.broadcast_to(ct[:, None, 0:1] + d[None, None, :], (n, len(d), len(d)))
+    py = np.broadcast_to(ct[:, None, 1:2] + d[None, :, None], (n, len(d), len(d)))
+    px, py = px.reshape(n, -1), py.reshape(n, -1)  # (N, P) window pixels
+    pix_ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    ok = (kp_ok & c_ok[:, None])[:, :, None] & pix_ok[:, None, :]  # (N, K, P)
+    nn, kk, pp = np.nonzero(ok)
+    rank = np.empty(n, np.int32)
+    rank[np.argsort(size, kind="stable")] = np.arange(n)
+    # per (joint, pixel): the smallest rank among the people that write there
+    flat = kk * (h * w) + py[nn, pp] * w + px[nn, pp]
+    owner = np.full(k * h * w, n, np.int16 if n < 2**15 else np.int32)
+    np.minimum.at(owner, flat, rank[nn].astype(owner.dtype))
+    win = owner[flat] == rank[nn]
+    nn, kk, pp, flat = nn[win], kk[win], pp[win], flat[win]
+    pix = flat - kk * (h * w)
+    ox = off.reshape(k, 2, h * w)
+    ox[kk, 0, pix] = px[nn, pp] - kps[nn, kk, 0]
+    ox[kk, 1, pix] = py[nn, pp] - kps[nn, kk, 1]
+    wt = off_w.reshape(k, 2, h * w)
+    wt[kk, 0, pix] = 1.0 / size[nn]
+    wt[kk, 1, pix] = 1.0 / size[nn]
+    return off, off_w
+
+
+# ---------------------------------------------------------------- torch, batched
+def _gaussian_scatter_torch(heat, weight, mask, pts, bch, bidx, sigma) -> None:
+    """Batched :func:`_gaussian_scatter`: ``heat``/``weight`` (B, C, h, w), ``mask`` (B, h, w).
+
+    ``pts`` (M, 2), ``bch`` (M,) flat ``b·C + c`` channel index, ``bidx`` (M,) batch index.
+    """
+    h, w = heat.shape[-2:]
+    if pts.shape[0] == 0:
+        return
+    steps = torch.arange(_window_len(sigma), device=pts.device, dtype=pts.dtype)
+    lo = torch.floor(pts - 3 * sigma - 1)
+    hi = torch.ceil(pts + 3 * sigma + 2)
+    xs, ys = lo[:, 0:1] + steps, lo[:, 1:2] + steps  # (M, L)
+    vx = (xs < hi[:, 0:1]) & (xs >= 0) & (xs < w)
+    vy = (ys < hi[:, 1:2]) & (ys >= 0) & (ys < h)
+    gx = torch.exp(-((xs - pts[:, 0:1]) ** 2) / (2 * sigma**2))
+    gy = torch.exp(-((ys - pts[:, 1:2]) ** 2) / (2 * sigma**2))
+    valid = vy[:, :, None] & vx[:, None, :]
+    pix = (ys.long()[:, :, None] * w + xs.long()[:, None, :])[valid]
+    m = torch.nonzero(valid)[:, 0]
+    val = (gy[:, :, None] * gx[:, None, :])[valid]
+    idx = bch[m] * (h * w) + pix
+    heat.view(-1).scatter_reduce_(0, idx, val.to(heat.dtype), reduce="amax")
+    weight.view(-1)[idx] = mask.reshape(-1)[bidx[m] * (h * w) + pix]
+
+
+def encode_targets_batch(
+    keypoints: torch.Tensor,
+    areas: torch.Tensor,
+    valid_mask: torch.Tensor | None,
+    *,
+    output_size: int | tuple[int, int],
+    stride: int = 4,
+    sigma: float = 2.0,
+    center_sigma: float = 4.0,
+    bg_weight: float = 0.1,
+    offset_radius: int = 4,
+    min_center_area: float = 32**2,
+    min_box_diagonal: float = 32.0,
+) -> dict[str, torch.Tensor]:
+    """:func:`encode_targets` for a padded batch, on the device and dtype of ``keypoints``.
+
+    Args:
+        keypoints: (B, N, K, 3) in output pixels; padded people have v = 0 and produce nothing.
+        areas: (B, N) annotation areas; valid_mask: (B, h, w) or ``None``.
+        Others: as :func:`encode_targets`.
+
+    Returns:
+        ``heatmaps`` / ``heatmap_weights`` (B, K+1, h, w), ``offsets`` / ``offset_weights``
+        (B, 2K, h, w).
+    """
+    h, w = _hw(output_size)
+    kps = keypoints if keypoints.is_floating_point() else keypoints.float()
+    b, n, k = kps.shape[:3]
+    dev, dt = kps.device, kps.dtype
+    areas = areas.to(device=dev, dtype=dt).reshape(b, n)
+    mask = torch.ones(b, h, w, device=dev, dtype=dt) if valid_mask is None else valid_mask.to(dt)
+    heat = torch.zeros(b, k + 1, h, w, device=dev, dtype=dt)
+    hw_ = (mask * bg_weight)[:, None].expand(b, k + 1, h, w).contiguous()
+    lab = kps[..., 2] > 0
+    cnt = lab.sum(-1)
+    centres = (kps[..., :2] * lab[..., None]).sum(-2) / cnt.clamp(min=1)[..., None]
+    c_ok = (cnt > 0) & (areas >= min_center_area) & _inside_t(centres, h, w)  # (B, N)
+    kp_ok = lab & _inside_t(kps, h, w)  # (B, N, K)
+    bb, nn, kk = torch.nonzero(kp_ok, as_tuple=True)
+    _gaussian_scatter_torch(heat, hw_, mask, kps[bb, nn, kk, :2], bb * (k + 1) + kk, bb, sigma)
+    bb, nn = torch.nonzero(c_ok, as_tuple=True)
+    _gaussian_scatter_torch(heat, hw_, mask, centres[bb, nn], bb * (k + 1) + k, bb, center_sigma)
+    big = torch.full_like(kps[..., 0], 1e12)
+    lo = torch.where(lab[..., None], kps[..., :2], big[..., None]).amin(-2)
+    hi = torch.where(lab[..., None], kps[..., :2], -big[..., None]).amax(-2)
+    diag = torch.where(cnt[..., None] > 0, hi - lo, torch.zeros_like(hi)).square().sum(-1).sqrt()
+    size = (diag * stride).clamp(min=min_box_diagonal)  # (B, N) input pixels
+    off, off_w = _offsets_torch(kps, kp_ok & c_ok[..., None], centres, size, h, w, offset_radius)
+    return {"heatmaps": heat, "heatmap_weights": hw_, "offsets": off, "offset_weights": off_w}
+
+
+def _inside_t(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < w) & (xy[..., 1] < h)
+
+
+def _offsets_torch(kps, ok_bnk, centres, size, h, w, radius):
+    """Batched :func:`_offsets_numpy`; ``ok_bnk`` (B, N, K) marks the joints that get offsets."""
+    b, n, k = ok_bnk.shape
+    dev, dt = kps.device, kps.dtype
+    off = torch.zeros(b * k, 2, h * w, device=dev, dtype=dt)
+    off_w = torch.zeros(b * k, 2, h * w, device=dev, dtype=dt)
+    d = torch.arange(-radius, radius + 1, device=dev)
+    ct = torch.floor(centres + 0.5).long()
+    ct = torch.stack([ct[..., 0].clamp(0, w - 1), ct[..., 1].clamp(0, h - 1)], -1)  # (B, N, 2)
+    px = (
+        (ct[..., None, 0:1] + d[None, None, None, :]).expand(b, n, len(d), len(d)).reshape(b, n, -1)
+    )
+    py = (
+        (ct[..., None, 1:2] + d[None, None, :, None]).expand(b, n, len(d), len(d)).reshape(b, n, -1)
+    )
+    pix_ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)  # (B, N, P)
+    bb, nn, kk, pp = torch.nonzero(ok_bnk[..., None] & pix_ok[:, :, None, :], as_tuple=True)
+    if bb.numel():
+        rank = torch.empty(b * n, dtype=torch.long, device=dev)
+        rank[torch.argsort(size.reshape(-1), stable=True)] = torch.arange(b * n, device=dev)
+        rank = rank.view(b, n)[bb, nn]
+        pix = py[bb, nn, pp] * w + px[bb, nn, pp]
+        bk = bb * k + kk
+        flat = bk * (h * w) + pix
+        owner = torch.full((b * k * h * w,), b * n, dtype=torch.long, device=dev)
+        owner.scatter_reduce_(0, flat, rank, reduce="amin")
+        win = owner[flat] == rank
+        bb, nn, kk, pp, bk, pix = bb[win], nn[win], kk[win], pp[win], bk[win], pix[win]
+        off[bk, 0, pix] = px[bb, nn, pp].to(dt) - kps[bb, nn, kk, 0]
+        off[bk, 1, pix] = py[bb, nn, pp].to(dt) - kps[bb, nn, kk, 1]
+        wt = 1.0 / size[bb, nn]
+        off_w[bk, 0, pix] = wt
+        off_w[bk, 1, pix] = wt
+    return off.view(b, 2 * k, h, w), off_w.view(b, 2 * k, h, w)
