@@ -1,0 +1,70 @@
+"""Encoder → decoder round trip: real COCO sample and a dense synthetic crowd."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dekr.decoder import DEKRDecoder
+from dekr.keypoints import COCO_KEYPOINTS
+
+targets = pytest.importorskip("dekr.targets")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import roundtrip  # noqa: E402
+
+COCO_VAL = Path("/work/shared/data/coco_sample/annotations/person_keypoints_val_sample.json")
+
+# A standing person, 17 COCO joints, unit height, origin at the hips' midpoint.
+_TEMPLATE = np.array([
+    [0.0, -0.85], [-0.04, -0.88], [0.04, -0.88], [-0.08, -0.86], [0.08, -0.86],
+    [-0.18, -0.62], [0.18, -0.62], [-0.24, -0.35], [0.24, -0.35], [-0.27, -0.1], [0.27, -0.1],
+    [-0.11, 0.0], [0.11, 0.0], [-0.12, 0.42], [0.12, 0.42], [-0.13, 0.85], [0.13, 0.85],
+])  # fmt: skip
+
+
+def dense_crowd(n: int = 30, seed: int = 0) -> np.ndarray:
+    """n overlapping people (N, 17, 3) in output pixels of a 128 × 176 map."""
+    rng = np.random.default_rng(seed)
+    cols = 10
+    people = []
+    for i in range(n):
+        height = rng.uniform(26, 32)
+        cx = 10 + (i % cols) * 17.3 + rng.uniform(-1.5, 1.5)
+        cy = 31 + (i // cols) * 33 + rng.uniform(-1, 1)
+        xy = _TEMPLATE * height + [cx, cy] + rng.normal(0, 0.8, size=(17, 2))
+        people.append(np.concatenate([xy, np.full((17, 1), 2.0)], axis=1))
+    return np.stack(people)
+
+
+def test_dense_crowd_of_30_people_is_recovered():
+    people = dense_crowd()
+    lo, hi = people[..., :2].min(1), people[..., :2].max(1)
+    assert (lo >= 0).all() and (hi[:, 0] < 176).all() and (hi[:, 1] < 128).all()
+    overlap = (np.minimum(hi[:, None], hi[None]) > np.maximum(lo[:, None], lo[None])).all(-1)
+    assert overlap.sum() - 30 >= 2 * 30  # every person's box overlaps others
+    t = targets.encode_targets(people, np.full(30, 1e4), None, output_size=(128, 176))
+    heat = torch.from_numpy(t["heatmaps"])[None]
+    offsets = torch.from_numpy(t["offsets"] * (t["offset_weights"] > 0))[None]
+    det = DEKRDecoder(COCO_KEYPOINTS)(heat, offsets)[0]
+    found = det["keypoints"][..., :2].numpy() / 4
+    dist = np.linalg.norm(found[:, None] - people[None, ..., :2], axis=-1).mean(-1)  # (D, N)
+    recovered = {int(dist[d].argmin()) for d in range(len(found)) if dist[d].min() < 1.0}
+    assert len(recovered) >= 29, (len(found), sorted(set(range(30)) - recovered))
+
+
+@pytest.mark.skipif(not COCO_VAL.exists(), reason="shared sample data not available")
+def test_roundtrip_on_coco_val_sample(capsys):
+    assert roundtrip.main(["--annotations", str(COCO_VAL), "--input-size", "512"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("AP ") and float(last.split()[1]) >= 0.99
+
+
+def test_overrides_are_grouped():
+    got = roundtrip.parse_overrides(["decode.nms_threshold=0.1", "targets.sigma=2.5"])
+    assert got == {"decode": {"nms_threshold": 0.1}, "targets": {"sigma": 2.5}}
+    with pytest.raises(SystemExit):
+        roundtrip.parse_overrides(["nms_threshold=0.1"])
