@@ -1,0 +1,236 @@
+"""LightningDataModule, the training sample transform and the collate functions.
+
+Training batches are dicts: ``image`` (B, 3, S, S), ``image_id`` (B,) and the four target maps of
+:mod:`dekr.targets` (``heatmaps``, ``heatmap_weights``, ``offsets``, ``offset_weights``). With
+``targets_on_device`` the workers ship ``keypoints`` (B, N, K, 3; padded people have v = 0),
+``areas`` (B, N) and ``valid_mask`` (B, h, w) instead, and the datamodule's
+``on_after_batch_transfer`` builds the same maps on the training device, so the LightningModule
+sees one batch layout (a LightningModule overriding that hook too is shadowed by Lightning).
+Validation batches are lists of raw samples (:func:`collate_eval`). Samplers (DistributedSampler
+under DDP) are left to Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dekr.data.transforms import augment_sample, normalize_image
+from dekr.keypoints import KeypointSpec
+from dekr.targets import encode_targets, encode_targets_batch
+
+__all__ = [
+    "TrainSampleTransform",
+    "DekrDataModule",
+    "collate_train",
+    "collate_eval",
+    "add_device_targets",
+]
+
+TARGET_MAPS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
+
+
+class TrainSampleTransform:
+    """Raw sample -> training sample: augmentation, normalisation and (optionally) targets.
+
+    Args:
+        spec: keypoint set (flip pairs).
+        input_size: side S of the square network input (DATASET.INPUT_SIZE 512 / 640).
+        output_stride: input pixels per output pixel (512 / 128 = 4).
+        targets_on_device: ship keypoints/areas/valid mask instead of target maps.
+        target_kwargs: keyword arguments of :func:`dekr.targets.encode_targets` (sigma, ...).
+        augment_kwargs: keyword arguments of :func:`dekr.data.transforms.sample_affine_params`
+            (min_scale, max_scale, max_rotation, max_translate).
+        flip_prob: probability of the horizontal flip (0.5).
+        seed: extra seed mixed into the per-worker generator (``torch.initial_seed()`` of the
+            worker, which Lightning's ``seed_everything`` makes reproducible).
+    """
+
+    def __init__(
+        self,
+        spec: KeypointSpec,
+        *,
+        input_size: int = 512,
+        output_stride: int = 4,
+        targets_on_device: bool = False,
+        target_kwargs: Mapping[str, Any] | None = None,
+        augment_kwargs: Mapping[str, float] | None = None,
+        flip_prob: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if input_size % output_stride:
+            raise ValueError(f"input_size {input_size} is not a multiple of {output_stride}")
+        self.spec = spec
+        self.input_size = int(input_size)
+        self.output_stride = int(output_stride)
+        self.targets_on_device = bool(targets_on_device)
+        self.target_kwargs = dict(target_kwargs or {})
+        self.augment_kwargs = dict(augment_kwargs or {})
+        self.flip_prob = float(flip_prob)
+        self.seed = int(seed)
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
+
+    def _generator(self) -> np.random.Generator:
+        """One generator per worker process and per worker seed (changes every epoch)."""
+        key = (os.getpid(), torch.initial_seed())
+        if self._rng is None or key != self._rng_key:
+            self._rng = np.random.default_rng([key[1] % 2**63, self.seed])
+            self._rng_key = key
+        return self._rng
+
+    def __call__(
+        self, sample: Mapping[str, Any], rng: np.random.Generator | None = None
+    ) -> dict[str, Any]:
+        aug = augment_sample(
+            dict(sample),
+            rng=rng if rng is not None else self._generator(),
+            flip_index=self.spec.flip_index,
+            input_size=self.input_size,
+            stride=self.output_stride,
+            flip_prob=self.flip_prob,
+            **self.augment_kwargs,
+        )
+        out: dict[str, Any] = {"image": normalize_image(aug["image"]), "image_id": aug["image_id"]}
+        if self.targets_on_device:
+            out["keypoints"] = torch.from_numpy(aug["keypoints"])
+            out["areas"] = torch.from_numpy(aug["areas"])
+            out["valid_mask"] = torch.from_numpy(aug["valid_mask"])
+            return out
+        maps = encode_targets(
+            aug["keypoints"],
+            aug["areas"],
+            aug["valid_mask"],
+            output_size=self.input_size // self.output_stride,
+            stride=self.output_stride,
+            **self.target_kwargs,
+        )
+        out.update({k: torch.from_numpy(v) for k, v in maps.items()})
+        return out
+
+
+def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack training samples; keypoints are padded to the batch's largest N with v = 0."""
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.long),
+    }
+    for key in TARGET_MAPS:
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    if "keypoints" in samples[0]:
+        n = max(s["keypoints"].shape[0] for s in samples)
+        k = samples[0]["keypoints"].shape[1]
+        kps = torch.zeros(len(samples), n, k, 3)
+        areas = torch.zeros(len(samples), n)
+        for i, s in enumerate(samples):
+            kps[i, : len(s["keypoints"])] = s["keypoints"]
+            areas[i, : len(s["areas"])] = s["areas"]
+        batch["keypoints"], batch["areas"] = kps, areas
+        batch["valid_mask"] = torch.stack([s["valid_mask"] for s in samples])
+    return batch
+
+
+def collate_eval(samples: Sequence[Any]) -> list[Any]:
+    """Validation batches: the raw samples as a list (inference resizes each image itself)."""
+    return list(samples)
+
+
+class DekrDataModule(pl.LightningDataModule):
+    """Train / val loaders around any datasets returning the documented samples.
+
+    Args:
+        train_dataset: returns training samples (e.g. a reader with :class:`TrainSampleTransform`).
+        val_dataset: returns raw samples; batched with :func:`collate_eval`.
+        batch_size: training images per process (TRAIN.IMAGES_PER_GPU 10 for W32).
+        val_batch_size: raw samples per validation batch.
+        num_workers, pin_memory, persistent_workers: passed to the DataLoaders
+            (``persistent_workers`` only when ``num_workers > 0``).
+        targets_on_device: build the target maps in :meth:`on_after_batch_transfer`.
+        target_kwargs: keyword arguments of :func:`dekr.targets.encode_targets_batch`
+            (must match those of the transform when maps are built in the workers).
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        *,
+        batch_size: int = 10,
+        val_batch_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        targets_on_device: bool = False,
+        target_kwargs: Mapping[str, Any] | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.targets_on_device = bool(targets_on_device)
+        self.target_kwargs = dict(target_kwargs or {})
+        self.drop_last = bool(drop_last)
+
+    def _loader(self, dataset: Dataset | None, name: str, **kwargs: Any) -> DataLoader:
+        if dataset is None:
+            raise ValueError(f"DekrDataModule: no {name} dataset was given")
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self.train_dataset,
+            "train",
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=self.drop_last,
+            collate_fn=collate_train,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(
+            self.val_dataset,
+            "val",
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            collate_fn=collate_eval,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Build the target maps on the device for training batches that carry keypoints."""
+        if not (self.targets_on_device and isinstance(batch, dict) and "keypoints" in batch):
+            return batch
+        return add_device_targets(batch, **self.target_kwargs)
+
+
+def add_device_targets(batch: dict[str, Any], **target_kwargs: Any) -> dict[str, Any]:
+    """Add the four target maps to a collated batch with keypoints/areas/valid_mask."""
+    h, w = batch["valid_mask"].shape[-2:]
+    stride = batch["image"].shape[-1] // w
+    maps = encode_targets_batch(
+        batch["keypoints"],
+        batch["areas"],
+        batch["valid_mask"],
+        output_size=(h, w),
+        stride=stride,
+        **target_kwargs,
+    )
+    return {**batch, **maps}
