@@ -267,8 +267,8 @@ class DEKRDecoder:
             pool_thresholds=self.pool_thresholds,
         )
         b, h, w, k, _ = maps.poses.shape
-        flat = maps.poses.reshape(b, h * w, k * 2)
-        poses = flat.gather(1, indices[..., None].expand(-1, -1, k * 2)).reshape(b, -1, k, 2)
+        rows = torch.arange(b, device=indices.device)[:, None]
+        poses = maps.poses[rows, indices // w, indices % w]  # (B, M, K, 2), no full-map copy
         return poses * (self.stride / maps.scale), scores, valid
 
     def _renormalise(self, scores: list[Tensor], valid: list[Tensor], ref: int) -> None:

@@ -110,6 +110,8 @@ def _flip_inputs(batch: Tensor, widths: Tensor, shift: int) -> Tensor:
     x = torch.arange(batch.shape[-1], device=batch.device)[None]
     w = widths[:, None]
     src = torch.where(x < w - shift, w - 1 - shift - x, torch.where(x < w, w - 1 - x, x))
+    if bool((src == src[:1]).all()):  # one width for all: a single column selection
+        return batch.index_select(3, src[0])
     index = src[:, None, None, :].expand(-1, batch.shape[1], batch.shape[2], -1)
     return batch.gather(3, index)
 
@@ -130,8 +132,10 @@ def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor, nearest: bool) -
     view = (b,) + (1,) * (maps.dim() - 2) + (w,)
 
     def take(idx: Tensor) -> Tensor:
-        idx = torch.minimum(idx.clamp(min=0), hi_w).long().reshape(view).expand_as(maps)
-        return maps.gather(-1, idx)
+        idx = torch.minimum(idx.clamp(min=0), hi_w).long()
+        if bool((idx == idx[:1]).all()):  # same width and centre for all images
+            return maps.index_select(-1, idx[0])
+        return maps.gather(-1, idx.reshape(view).expand_as(maps))
 
     out = take(lo)
     if nearest or not bool((frac != 0).any()):
