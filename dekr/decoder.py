@@ -38,13 +38,14 @@ class ScaleMaps:
 
     Attributes:
         heatmaps: (B, K+1, h, w) keypoint heatmaps, centre last.
-        poses: (B, h, w, K, 2) absolute joint positions in output pixels of this scale.
+        offsets: (B, 2K, h, w) ``pixel − joint`` in output pixels of this scale (x, y interleaved);
+            the pose of the person centred at pixel p is ``p − offsets[:, :, p]``.
         sizes: (B, 2) long, true (unpadded) map size (h_b, w_b) of every image.
         scale: test scale factor s (the input short side is ``input_size · s``).
     """
 
     heatmaps: Tensor
-    poses: Tensor
+    offsets: Tensor
     sizes: Tensor
     scale: float = 1.0
 
@@ -255,7 +256,7 @@ class DEKRDecoder:
         """Single scale, no flip: heatmaps (B, K+1, h, w), offsets (B, 2K, h, w), sizes (B, 2)."""
         if sizes is None:
             sizes = torch.tensor([heatmaps.shape[-2:]] * heatmaps.shape[0], device=heatmaps.device)
-        return self.decode([ScaleMaps(heatmaps, offsets_to_poses(offsets), sizes, 1.0)])
+        return self.decode([ScaleMaps(heatmaps, offsets, sizes, 1.0)])
 
     def _candidates(self, maps: ScaleMaps) -> tuple[Tensor, Tensor, Tensor]:
         """Candidate poses (B, M, K, 2) in scale-1 input px, centre scores (B, M), valid (B, M)."""
@@ -266,9 +267,11 @@ class DEKRDecoder:
             threshold=self.center_threshold,
             pool_thresholds=self.pool_thresholds,
         )
-        b, h, w, k, _ = maps.poses.shape
-        rows = torch.arange(b, device=indices.device)[:, None]
-        poses = maps.poses[rows, indices // w, indices % w]  # (B, M, K, 2), no full-map copy
+        b, c, h, w = maps.offsets.shape
+        idx = indices[:, None, :].expand(-1, c, -1)
+        off = maps.offsets.flatten(2).gather(2, idx).transpose(1, 2).reshape(b, -1, c // 2, 2)
+        pixel = torch.stack([indices % w, indices // w], dim=-1).to(off.dtype)  # (B, M, 2)
+        poses = pixel[:, :, None, :] - off  # only the candidates' poses are formed
         return poses * (self.stride / maps.scale), scores, valid
 
     def _renormalise(self, scores: list[Tensor], valid: list[Tensor], ref: int) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dekr.decoder import DEKRDecoder, ScaleMaps, offsets_to_poses
+from dekr.decoder import DEKRDecoder, ScaleMaps
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["EvalTransform", "eval_transform", "resize_image", "predict_poses", "forward_scale"]
@@ -154,22 +154,28 @@ def forward_scale(
     flip_shift: int = 0,
     stride: int = 4,
 ) -> ScaleMaps:
-    """Network pass(es) at one scale: (flip-averaged) heatmaps and pose maps."""
+    """Network pass(es) at one scale: heatmaps and offsets, flip-averaged (poses averaged)."""
     heatmaps, offsets = model(batch)
     heatmaps, offsets = heatmaps.float(), offsets.float()
     map_sizes = (sizes + stride - 1) // stride
-    poses = offsets_to_poses(offsets)
     if flip:
         heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift))
-        c = (sizes[:, 1].to(heat_f.dtype) - 1 - flip_shift) / stride
-        heat_f = _mirror_maps(heat_f.float()[:, spec.flip_index_with_center], c, map_sizes[:, 1],
+        widths = map_sizes[:, 1]
+        c = (sizes[:, 1].to(heatmaps.dtype) - 1 - flip_shift) / stride
+        heat_f = _mirror_maps(heat_f.float()[:, spec.flip_index_with_center], c, widths,
                               nearest=False)  # fmt: skip
-        pose_f = offsets_to_poses(off_f.float())[..., spec.flip_index, :]
-        pose_f = torch.stack([c[:, None, None, None] - pose_f[..., 0], pose_f[..., 1]], -1)
-        pose_f = _mirror_maps(pose_f.permute(0, 1, 3, 4, 2), c, map_sizes[:, 1], nearest=True)
+        chans = torch.tensor([[2 * j, 2 * j + 1] for j in spec.flip_index], device=c.device)
+        off_m = _mirror_maps(off_f.float()[:, chans.flatten()], c, widths, nearest=True)
+        # Flipped-pass pose at pixel u: joint x = c − n(u) + off_m, with n(u) the mirrored pixel
+        # read; averaged with u − off, as an offset: (off − off_m + u − c + n(u)) / 2.
+        u = torch.arange(offsets.shape[-1], device=c.device, dtype=c.dtype)[None]
+        n = torch.minimum(torch.round(c[:, None] - u).clamp(min=0), widths[:, None] - 1)
+        corr = (u - c[:, None] + n)[:, None, None, :]
+        off_x = (offsets[:, 0::2] - off_m[:, 0::2] + corr) / 2
+        off_y = (offsets[:, 1::2] + off_m[:, 1::2]) / 2
+        offsets = torch.stack([off_x, off_y], dim=2).flatten(1, 2)
         heatmaps = (heatmaps + heat_f) / 2
-        poses = (poses + pose_f.permute(0, 1, 4, 2, 3)) / 2
-    return ScaleMaps(heatmaps=heatmaps, poses=poses, sizes=map_sizes, scale=scale)
+    return ScaleMaps(heatmaps=heatmaps, offsets=offsets, sizes=map_sizes, scale=scale)
 
 
 @torch.no_grad()

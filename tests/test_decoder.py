@@ -161,8 +161,8 @@ def test_multi_scale_adds_candidates_and_renormalises():
     h2 = h2 * 0.5  # weaker scale: its scores are renormalised to the scale-1 maximum
     dec = DEKRDecoder(SPEC3, nms_threshold=0.15)
     maps = [
-        ScaleMaps(h2[None], offsets_to_poses(o2[None]), torch.tensor([[64, 96]]), 2.0),
-        ScaleMaps(h1[None], offsets_to_poses(o1[None]), torch.tensor([[32, 48]]), 1.0),
+        ScaleMaps(h2[None], o2[None], torch.tensor([[64, 96]]), 2.0),
+        ScaleMaps(h1[None], o1[None], torch.tensor([[32, 48]]), 1.0),
     ]
     out = dec.decode(maps)[0]
     assert len(out["scores"]) == 3
