@@ -152,8 +152,13 @@ class COCOKeypoints:
         for ann in self._ignored[img_id]:
             segm = ann.get("segmentation")
             if segm:
-                rles = mask_utils.frPyObjects(segm, h, w)
-                rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+                if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+                    rle = dict(segm)  # already a compressed RLE
+                    if isinstance(rle["counts"], str):
+                        rle["counts"] = rle["counts"].encode("ascii")
+                else:  # polygons or an uncompressed RLE
+                    rles = mask_utils.frPyObjects(segm, h, w)
+                    rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
                 with warnings.catch_warnings():  # pycocotools vs numpy 2 copy= keyword
                     warnings.simplefilter("ignore", DeprecationWarning)
                     mask |= mask_utils.decode(rle).astype(bool)
