@@ -195,14 +195,14 @@ def _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, radius):
 
 
 # ---------------------------------------------------------------- torch, batched
-def _gaussian_scatter_torch(heat, weight, mask, pts, bch, bidx, sigma) -> None:
-    """Batched :func:`_gaussian_scatter`: ``heat``/``weight`` (B, C, h, w), ``mask`` (B, h, w).
+def _gaussian_scatter_torch(heat, window, pts, ok, bch, sigma) -> None:
+    """Batched :func:`_gaussian_scatter` without data-dependent shapes (no ``nonzero``).
 
-    ``pts`` (M, 2), ``bch`` (M,) flat ``b·C + c`` channel index, ``bidx`` (M,) batch index.
+    ``heat`` / ``window`` (B, C, h, w); ``pts`` (M, 2); ``ok`` (M,) which points to draw;
+    ``bch`` (M,) flat ``b·C + c`` channel. Entries outside the window/map scatter a 0 (a no-op
+    under max) at a clamped index; ``window`` becomes 1 inside every drawn window.
     """
     h, w = heat.shape[-2:]
-    if pts.shape[0] == 0:
-        return
     steps = torch.arange(_window_len(sigma), device=pts.device, dtype=pts.dtype)
     lo = torch.floor(pts - 3 * sigma - 1)
     hi = torch.ceil(pts + 3 * sigma + 2)
@@ -211,13 +211,12 @@ def _gaussian_scatter_torch(heat, weight, mask, pts, bch, bidx, sigma) -> None:
     vy = (ys < hi[:, 1:2]) & (ys >= 0) & (ys < h)
     gx = torch.exp(-((xs - pts[:, 0:1]) ** 2) / (2 * sigma**2))
     gy = torch.exp(-((ys - pts[:, 1:2]) ** 2) / (2 * sigma**2))
-    valid = vy[:, :, None] & vx[:, None, :]
-    pix = (ys.long()[:, :, None] * w + xs.long()[:, None, :])[valid]
-    m = torch.nonzero(valid)[:, 0]
-    val = (gy[:, :, None] * gx[:, None, :])[valid]
-    idx = bch[m] * (h * w) + pix
-    heat.view(-1).scatter_reduce_(0, idx, val.to(heat.dtype), reduce="amax")
-    weight.view(-1)[idx] = mask.reshape(-1)[bidx[m] * (h * w) + pix]
+    valid = (vy[:, :, None] & vx[:, None, :]) & ok[:, None, None]
+    pix = ys.long().clamp(0, h - 1)[:, :, None] * w + xs.long().clamp(0, w - 1)[:, None, :]
+    idx = (bch[:, None, None] * (h * w) + pix).reshape(-1)
+    val = (gy[:, :, None] * gx[:, None, :] * valid).reshape(-1).to(heat.dtype)
+    heat.view(-1).scatter_reduce_(0, idx, val, reduce="amax")
+    window.view(-1).scatter_reduce_(0, idx, valid.reshape(-1).to(window.dtype), reduce="amax")
 
 
 def encode_targets_batch(
@@ -252,16 +251,22 @@ def encode_targets_batch(
     areas = areas.to(device=dev, dtype=dt).reshape(b, n)
     mask = torch.ones(b, h, w, device=dev, dtype=dt) if valid_mask is None else valid_mask.to(dt)
     heat = torch.zeros(b, k + 1, h, w, device=dev, dtype=dt)
-    hw_ = (mask * bg_weight)[:, None].expand(b, k + 1, h, w).contiguous()
+    window = torch.zeros_like(heat)
     lab = kps[..., 2] > 0
     cnt = lab.sum(-1)
     centres = (kps[..., :2] * lab[..., None]).sum(-2) / cnt.clamp(min=1)[..., None]
     c_ok = (cnt > 0) & (areas >= min_center_area) & _inside_t(centres, h, w)  # (B, N)
     kp_ok = lab & _inside_t(kps, h, w)  # (B, N, K)
-    bb, nn, kk = torch.nonzero(kp_ok, as_tuple=True)
-    _gaussian_scatter_torch(heat, hw_, mask, kps[bb, nn, kk, :2], bb * (k + 1) + kk, bb, sigma)
-    bb, nn = torch.nonzero(c_ok, as_tuple=True)
-    _gaussian_scatter_torch(heat, hw_, mask, centres[bb, nn], bb * (k + 1) + k, bb, center_sigma)
+    ar_b = torch.arange(b, device=dev)[:, None] * (k + 1)
+    bch = (ar_b[:, :, None] + torch.arange(k, device=dev)).expand(b, n, k)
+    _gaussian_scatter_torch(
+        heat, window, kps[..., :2].reshape(-1, 2), kp_ok.reshape(-1), bch.reshape(-1), sigma
+    )
+    bch = (ar_b + k).expand(b, n).reshape(-1)
+    _gaussian_scatter_torch(
+        heat, window, centres.reshape(-1, 2), c_ok.reshape(-1), bch, center_sigma
+    )
+    hw_ = mask[:, None] * torch.where(window > 0, 1.0, bg_weight).to(dt)
     big = torch.full_like(kps[..., 0], 1e12)
     lo = torch.where(lab[..., None], kps[..., :2], big[..., None]).amin(-2)
     hi = torch.where(lab[..., None], kps[..., :2], -big[..., None]).amax(-2)
@@ -276,11 +281,13 @@ def _inside_t(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def _offsets_torch(kps, ok_bnk, centres, size, h, w, radius):
-    """Batched :func:`_offsets_numpy`; ``ok_bnk`` (B, N, K) marks the joints that get offsets."""
+    """Batched :func:`_offsets_numpy`; ``ok_bnk`` (B, N, K) marks the joints that get offsets.
+
+    Dense over (B, N, K, P) window entries (no ``nonzero``): entries that do not win write
+    into one spare element past the end of the maps.
+    """
     b, n, k = ok_bnk.shape
     dev, dt = kps.device, kps.dtype
-    off = torch.zeros(b * k, 2, h * w, device=dev, dtype=dt)
-    off_w = torch.zeros(b * k, 2, h * w, device=dev, dtype=dt)
     d = torch.arange(-radius, radius + 1, device=dev)
     ct = torch.floor(centres + 0.5).long()
     ct = torch.stack([ct[..., 0].clamp(0, w - 1), ct[..., 1].clamp(0, h - 1)], -1)  # (B, N, 2)
@@ -291,21 +298,28 @@ def _offsets_torch(kps, ok_bnk, centres, size, h, w, radius):
         (ct[..., None, 1:2] + d[None, None, :, None]).expand(b, n, len(d), len(d)).reshape(b, n, -1)
     )
     pix_ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)  # (B, N, P)
-    bb, nn, kk, pp = torch.nonzero(ok_bnk[..., None] & pix_ok[:, :, None, :], as_tuple=True)
-    if bb.numel():
-        rank = torch.empty(b * n, dtype=torch.long, device=dev)
-        rank[torch.argsort(size.reshape(-1), stable=True)] = torch.arange(b * n, device=dev)
-        rank = rank.view(b, n)[bb, nn]
-        pix = py[bb, nn, pp] * w + px[bb, nn, pp]
-        bk = bb * k + kk
-        flat = bk * (h * w) + pix
-        owner = torch.full((b * k * h * w,), b * n, dtype=torch.long, device=dev)
-        owner.scatter_reduce_(0, flat, rank, reduce="amin")
-        win = owner[flat] == rank
-        bb, nn, kk, pp, bk, pix = bb[win], nn[win], kk[win], pp[win], bk[win], pix[win]
-        off[bk, 0, pix] = px[bb, nn, pp].to(dt) - kps[bb, nn, kk, 0]
-        off[bk, 1, pix] = py[bb, nn, pp].to(dt) - kps[bb, nn, kk, 1]
-        wt = 1.0 / size[bb, nn]
-        off_w[bk, 0, pix] = wt
-        off_w[bk, 1, pix] = wt
-    return off.view(b, 2 * k, h, w), off_w.view(b, 2 * k, h, w)
+    ok = ok_bnk[..., None] & pix_ok[:, :, None, :]  # (B, N, K, P)
+    rank = torch.empty(b * n, dtype=torch.long, device=dev)
+    rank[torch.argsort(size.reshape(-1), stable=True)] = torch.arange(b * n, device=dev)
+    rank = rank.view(b, n, 1, 1).expand_as(ok)
+    pix = (py.clamp(0, h - 1) * w + px.clamp(0, w - 1))[:, :, None, :]  # (B, N, 1, P)
+    bk = torch.arange(b, device=dev).view(b, 1, 1, 1) * k + torch.arange(k, device=dev).view(
+        1, 1, k, 1
+    )
+    flat = (bk * (h * w) + pix).expand_as(ok)  # (B, N, K, P) index into (B·K, h·w)
+    owner = torch.full((b * k * h * w,), b * n, dtype=torch.long, device=dev)
+    owner.scatter_reduce_(0, flat.reshape(-1), torch.where(ok, rank, b * n).reshape(-1), "amin")
+    win = ok & (owner[flat] == rank)
+    dump = b * k * h * w
+    dst = torch.where(win, flat, dump).reshape(-1)
+    off_x = (px[:, :, None, :].to(dt) - kps[..., 0:1]).reshape(-1)
+    off_y = (py[:, :, None, :].to(dt) - kps[..., 1:2]).reshape(-1)
+    wt = (1.0 / size).view(b, n, 1, 1).expand_as(ok).reshape(-1)
+    out = torch.zeros(3, dump + 1, device=dev, dtype=dt)
+    out[0].index_put_((dst,), off_x)
+    out[1].index_put_((dst,), off_y)
+    out[2].index_put_((dst,), wt)
+    maps = out[:, :dump].view(3, b * k, h * w)
+    off = maps[:2].transpose(0, 1).reshape(b, 2 * k, h, w)  # channel 2k: x, 2k+1: y
+    off_w = maps[2:].expand(2, b * k, h * w).transpose(0, 1).reshape(b, 2 * k, h, w)
+    return off, off_w
