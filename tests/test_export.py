@@ -49,8 +49,11 @@ def deforming_model(num_keypoints: int, seed: int = 0) -> DEKR:
             for conv, std in ((m.transform_matrix_conv, 1.0), (m.translation_conv, 2.0)):
                 nn.init.normal_(conv.weight, std=std)
                 nn.init.normal_(conv.bias, std=std)
-    nn.init.normal_(model.head_heatmap[1].weight, std=1.0)
-    nn.init.constant_(model.head_heatmap[1].bias, 0.2)  # some centres above the threshold
+    nn.init.normal_(model.head_heatmap[1].weight, std=2.0)
+    nn.init.constant_(model.head_heatmap[1].bias, 0.3)
+    model.head_heatmap[1].weight.data[-1].abs_()  # centre map > 0.3: many candidates
+    for final in model.offset_final_layer:  # offsets of several output pixels
+        nn.init.normal_(final.weight, std=4.0)
     return model.eval()
 
 
@@ -165,6 +168,7 @@ def test_decoder_in_graph_onnx(model3: DEKR, tmp_path: Path) -> None:
     detector = ONNXPoseDetector(path)
     images = torch.randn(2, 3, 96, 128)
     poses, scores = detector(images)
+    assert (scores > 0).sum() >= 4
     with torch.no_grad():
         expected = InGraphDecoder(model3, max_people=10, center_threshold=0.1)(images)
     assert poses.shape == (2, 10, 3, 3) and scores.shape == (2, 10)
