@@ -59,10 +59,12 @@ class DEKR(HRNet):
         heatmaps = self.head_heatmap[1](self.head_heatmap[0](self.transition_heatmap(feature)))
         offset_feature = self.transition_offset(feature)
         oc = self.spec.offset_channels_per_keypoint
+        # split (not slicing): its backward is one concatenation instead of K zero-filled copies
+        chunks = offset_feature.split(oc, dim=1)
         offsets = [
-            final(layers(offset_feature[:, k * oc : (k + 1) * oc]))
-            for k, (layers, final) in enumerate(
-                zip(self.offset_feature_layers, self.offset_final_layer)
+            final(layers(chunk))
+            for chunk, layers, final in zip(
+                chunks, self.offset_feature_layers, self.offset_final_layer
             )
         ]
         return heatmaps, torch.cat(offsets, dim=1)

@@ -1,0 +1,184 @@
+"""Command-line entry points: ``dekr-train``, ``dekr-eval``, ``dekr-predict``, ``dekr-export``.
+
+Bad input (a recipe key, a missing file, a checkpoint of another K) ends with one line on stderr
+and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["train_main", "eval_main", "predict_main", "export_main"]
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, NotADirectoryError)
+
+
+def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    if args.debug:
+        return fn(args)
+    try:
+        return fn(args)
+    except USER_ERRORS as err:
+        message = str(err).strip().strip('"') or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+# ---------------------------------------------------------------------------------- dekr-train
+def _train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from dekr.config import load_recipe
+    from dekr.train import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(recipe), end="")
+        return 0
+    train(recipe)
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``dekr-train RECIPE [key=value ...]``."""
+    parser = _parser("dekr-train", "Train a DEKR model from a recipe.")
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe")
+    return _run(_train, parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------- dekr-eval
+def _eval(args: argparse.Namespace) -> int:
+    from dekr.train import evaluate
+
+    metrics = evaluate(args.checkpoint, args.overrides, results=args.results)
+    print(f"AP {metrics['AP']:.4f}")
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """``dekr-eval CHECKPOINT [key=value ...]``."""
+    parser = _parser("dekr-eval", "COCO keypoint AP of a checkpoint on its validation data.")
+    parser.add_argument("checkpoint", help="a dekr checkpoint (.ckpt)")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. decode.flip=false")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="COCO results JSON path (default: next to the checkpoint)",
+    )
+    return _run(_eval, parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------- dekr-predict
+def _predict(args: argparse.Namespace) -> int:
+    from dekr.predict import predict_files
+
+    written = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        flip=args.flip,
+        scales=args.scales,
+        batch_size=args.batch_size,
+        score_threshold=args.score_threshold,
+        onnx=args.onnx,
+    )
+    print(f"wrote {written}")
+    return 0
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """``dekr-predict CHECKPOINT INPUT... --out DIR``."""
+    parser = _parser("dekr-predict", "Poses for images, folders and videos: JSON + overlays.")
+    parser.add_argument(
+        "checkpoint", help="a dekr checkpoint (.ckpt); its recipe and spec are used"
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="test scales, e.g. 2 1 0.5 (default: the recipe's)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.05, help="minimum pose score to draw"
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="run the network through onnxruntime from this exported file",
+    )
+    return _run(_predict, parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------- dekr-export
+def _export(args: argparse.Namespace) -> int:
+    from dekr.export import check_onnx, export_onnx
+    from dekr.module import load_checkpoint
+
+    if args.format != "onnx":
+        raise ValueError(f"--format {args.format!r} unknown; expected onnx")
+    module = load_checkpoint(args.checkpoint)
+    size = args.input_size or module.recipe.data.input_size
+    d = module.recipe.decode
+    path = export_onnx(
+        module.model,
+        args.out,
+        input_size=(size, size),
+        dynamic=args.dynamic,
+        with_decoder=args.with_decoder,
+        max_people=d.max_people,
+        center_threshold=d.center_threshold,
+    )
+    if not args.with_decoder:
+        diff = check_onnx(path, module.model, input_size=(size, size))
+        print(f"onnxruntime vs torch: max abs difference {diff:.3g}")
+    print(f"wrote {path}")
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``dekr-export CHECKPOINT --format onnx [--dynamic] [--with-decoder] --out FILE``."""
+    parser = _parser(
+        "dekr-export", "Export a checkpoint's network (adaptive convolutions included)."
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("--format", default="onnx", help="export format (onnx)")
+    parser.add_argument("--out", type=Path, required=True, help="output file")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument(
+        "--with-decoder",
+        action="store_true",
+        help="put centre NMS, offset reading and scoring in the graph",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square export size (default: the recipe's data.input_size)",
+    )
+    return _run(_export, parser.parse_args(argv))

@@ -1,0 +1,305 @@
+"""Training and evaluation entry points: recipe → datasets, DataModule, LightningModule, Trainer.
+
+``train(recipe)`` is what ``dekr-train`` runs; ``evaluate(checkpoint)`` what ``dekr-eval`` runs.
+Every process count, device and precision setting is handed to Lightning unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch.utils.data import Dataset, Subset
+
+from dekr.config import RecipeError, import_target, recipe_from_dict
+from dekr.data.coco import COCOKeypoints
+from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
+from dekr.keypoints import KeypointSpec
+from dekr.models.weights import load_imagenet_backbone, load_official_dekr
+from dekr.module import DekrModule, load_checkpoint, spec_from_recipe
+
+__all__ = [
+    "train",
+    "evaluate",
+    "build_datamodule",
+    "build_trainer",
+    "build_module",
+    "AtomicCheckpointIO",
+]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a crash while saving leaves the
+    previous checkpoint readable."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class _Transformed(Dataset):
+    """Apply a transform to the items of any dataset of raw samples."""
+
+    def __init__(self, dataset: Dataset, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.transform(self.dataset[index])
+
+
+def _custom_dataset(node: DictConfig, spec: KeypointSpec) -> Dataset:
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    factory = import_target(kwargs.pop("_target_"))
+    import inspect
+
+    if "spec" in inspect.signature(factory).parameters:
+        kwargs["spec"] = spec
+    return factory(**kwargs)
+
+
+class RecipeDataModule(DekrDataModule):
+    """The DataModule a recipe describes; synthetic data is generated once, in ``prepare_data``."""
+
+    def __init__(self, recipe: DictConfig, spec: KeypointSpec) -> None:
+        d, t = recipe.data, recipe.targets
+        target_kwargs = dict(
+            sigma=t.sigma,
+            center_sigma=t.center_sigma,
+            bg_weight=t.bg_weight,
+            offset_radius=t.offset_radius,
+            min_center_area=t.min_center_area,
+        )
+        super().__init__(
+            batch_size=d.batch_size,
+            val_batch_size=d.val_batch_size,
+            num_workers=d.num_workers,
+            pin_memory=d.pin_memory,
+            persistent_workers=d.persistent_workers,
+            targets_on_device=t.on_device,
+            target_kwargs=target_kwargs,
+        )
+        self.recipe, self.spec = recipe, spec
+        a = recipe.augment
+        self.transform = TrainSampleTransform(
+            spec,
+            input_size=d.input_size,
+            targets_on_device=t.on_device,
+            target_kwargs=target_kwargs,
+            flip_prob=a.flip_prob,
+            seed=recipe.seed,
+            augment_kwargs=dict(
+                min_scale=a.min_scale,
+                max_scale=a.max_scale,
+                max_rotation=a.max_rotation,
+                max_translate=a.max_translate,
+            ),
+        )
+
+    def _synthetic(self) -> dict[str, Path]:
+        from dekr.data.synthetic import ensure_synthetic_splits
+
+        s = self.recipe.data.synthetic
+        return ensure_synthetic_splits(
+            s.root,
+            spec=self.spec,
+            train_images=s.train_images,
+            val_images=s.val_images,
+            image_size=(s.image_size, s.image_size),
+            seed=s.seed,
+            max_people=s.max_people,
+        )
+
+    def prepare_data(self) -> None:
+        if self.recipe.data.source == "synthetic":
+            self._synthetic()
+
+    def _split(self, split: str) -> Dataset:
+        d = self.recipe.data
+        custom = d.get(f"{split}_dataset")
+        if custom is not None:
+            return _custom_dataset(custom, self.spec)
+        if d.source == "synthetic":
+            ann = self._synthetic()[split]  # cached: only reads the manifest
+            images = Path(d.synthetic.root) / "images" / split
+        elif d.source == "coco":
+            ann, images = d.get(f"{split}_annotations"), d.get(f"{split}_images")
+            if not ann or not images:
+                raise RecipeError(
+                    f"data.{split}_annotations and data.{split}_images are required "
+                    "with data.source=coco"
+                )
+        else:
+            raise RecipeError(f"data.source {d.source!r} unknown; expected coco or synthetic")
+        return COCOKeypoints(
+            str(ann),
+            str(images),
+            self.spec,
+            drop_images_without_annotations=split == "train" and d.drop_images_without_annotations,
+        )
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit"):
+            self.train_dataset = _Transformed(self._split("train"), self.transform)
+        if stage in (None, "fit", "validate"):
+            val = self._split("val")
+            limit = self.recipe.data.max_val_images
+            self.val_dataset = Subset(val, range(min(limit, len(val)))) if limit else val
+
+
+def build_datamodule(recipe: DictConfig, spec: Optional[KeypointSpec] = None) -> RecipeDataModule:
+    return RecipeDataModule(recipe, spec or spec_from_recipe(recipe))
+
+
+def build_module(recipe: DictConfig) -> DekrModule:
+    """The LightningModule with the recipe's initial weights (ImageNet backbone / DEKR weights)."""
+    module = DekrModule(OmegaConf.to_container(recipe, resolve=True))
+    if recipe.model.weights:
+        load_official_dekr(module.model, recipe.model.weights)
+    elif recipe.model.pretrained:
+        load_imagenet_backbone(module.model, recipe.model.pretrained)
+    return module
+
+
+def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trainer:
+    t = recipe.trainer
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="best",
+            monitor="val/AP",
+            mode="max",
+            save_last=True,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+        TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)),
+    ]
+    if recipe.optim.ema_decay:
+        from pytorch_lightning.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=recipe.optim.ema_decay))
+    loggers = [
+        TensorBoardLogger(output_dir, name="logs", version="tensorboard"),
+        CSVLogger(output_dir, name="logs", version="csv"),
+    ]
+    max_time = {"minutes": t.max_time_minutes} if t.max_time_minutes else None
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        sync_batchnorm=t.sync_batchnorm,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        max_epochs=t.max_epochs,
+        max_time=max_time,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        val_check_interval=t.val_check_interval,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic,
+        benchmark=t.benchmark,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(output_dir),
+        **extra,
+    )
+
+
+def _resume_path(resume: Optional[str], output_dir: Path) -> Optional[str]:
+    if not resume:
+        return None
+    if resume == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+    return resume
+
+
+def _save_run_files(recipe: DictConfig, spec: KeypointSpec, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(recipe))
+    (output_dir / "keypoints.json").write_text(json.dumps(spec.to_dict(), indent=1))
+
+
+def train(recipe: Union[DictConfig, dict[str, Any]]) -> dict[str, Any]:
+    """Train from a recipe; returns the final validation metrics and the checkpoint paths.
+
+    Prints the final validation AP as a last line ``AP <value>`` (rank 0).
+    """
+    recipe = recipe_from_dict(recipe) if not isinstance(recipe, DictConfig) else recipe
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    output_dir = Path(recipe.output_dir)
+    spec = spec_from_recipe(recipe)
+    datamodule = build_datamodule(recipe, spec)
+    module = build_module(recipe)
+    trainer = build_trainer(recipe, output_dir)
+    ckpt_path = _resume_path(recipe.resume, output_dir)
+    if trainer.is_global_zero:
+        _save_run_files(recipe, spec, output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if module.last_validated_step != trainer.global_step:  # the final weights were not validated
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = {
+        k.removeprefix("val/"): float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val/")
+    }
+    ckpt_dir = output_dir / "checkpoints"
+    if trainer.is_global_zero:
+        if module.evaluator is not None:
+            print(module.evaluator.summary())
+        print(f"checkpoint: {ckpt_dir / 'last.ckpt'}")
+        print(
+            f"predict with: dekr-predict {ckpt_dir / 'last.ckpt'} IMAGE_OR_FOLDER --out predictions"
+        )
+        print(f"AP {metrics.get('AP', float('nan')):.4f}")
+    return {"metrics": metrics, "last": ckpt_dir / "last.ckpt", "best": ckpt_dir / "best.ckpt"}
+
+
+def evaluate(
+    checkpoint: Union[str, Path], overrides: list[str] = (), results: Optional[Path] = None
+) -> dict[str, float]:
+    """COCO AP of a checkpoint on the validation split its recipe (plus overrides) names."""
+    module = load_checkpoint(checkpoint, overrides)
+    recipe = module.recipe
+    datamodule = build_datamodule(recipe, module.spec)
+    trainer = pl.Trainer(
+        accelerator=recipe.trainer.accelerator,
+        devices=1,
+        logger=False,
+        limit_val_batches=recipe.trainer.limit_val_batches,
+        callbacks=[TQDMProgressBar()],
+    )
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    print(module.evaluator.summary())
+    out = results or Path(checkpoint).with_name("results.json")
+    module.evaluator.write_results(out)
+    print(f"results: {out}")
+    return {
+        k.removeprefix("val/"): float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val/")
+    }
