@@ -181,7 +181,9 @@ def export_onnx(
             adaptive conv implementation and train/eval mode are restored afterwards.
         path: output file.
         input_size: (H, W) of the traced input; the fixed size unless ``dynamic``.
-        dynamic: batch, height and width dynamic (H and W multiples of 32 match training).
+        dynamic: batch, height and width dynamic (any H, W >= 32 run; multiples of 32, as the
+            package's inference pads to, avoid the odd-size rounding of the stride-2 convs). With
+            the decoder the centre NMS kernel stays fixed and H·W/16 must be >= ``max_people``.
         with_decoder: append :class:`InGraphDecoder`; outputs ``poses``, ``scores``.
         opset: ONNX opset (>= 16 for GridSample).
         batch_size: batch of the traced input (the fixed batch unless ``dynamic``).
@@ -206,11 +208,7 @@ def export_onnx(
             pool_kernel=kernel, stride=stride,
         )  # fmt: skip
         outputs = ["poses", "scores"]
-    axes = None
-    if dynamic:
-        maps = {0: "batch", 2: "map_height", 3: "map_width"}
-        axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-        axes.update({n: ({0: "batch"} if with_decoder else maps) for n in outputs})
+    axes = _dynamic_axes(outputs, with_decoder) if dynamic else None
     param = next(model.parameters())
     images = torch.randn(batch_size, 3, h, w, dtype=param.dtype, device=param.device)
     with export_mode(model), torch.no_grad(), warnings.catch_warnings():
@@ -218,22 +216,30 @@ def export_onnx(
         # offline; the max(w - 1, 1) TracerWarning of sample_taps keeps the traced size.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        net.eval()  # the wrapper; export_mode restores the model's own mode
         torch.onnx.export(
             net, (images,), str(path), dynamo=False, opset_version=opset,
             input_names=["images"], output_names=outputs, dynamic_axes=axes,
             do_constant_folding=True,
         )  # fmt: skip
     meta = {
-        "dekr.with_decoder": int(with_decoder), "dekr.dynamic": int(dynamic),
-        "dekr.input_size": f"{h},{w}", "dekr.max_people": max_people,
-        "dekr.center_threshold": center_threshold, "dekr.pool_kernel": kernel,
-        "dekr.stride": stride, "dekr.num_keypoints": getattr(model, "num_keypoints", -1),
+        "with_decoder": int(with_decoder), "dynamic": int(dynamic), "input_size": f"{h},{w}",
+        "max_people": max_people, "center_threshold": center_threshold, "pool_kernel": kernel,
+        "stride": stride, "num_keypoints": getattr(model, "num_keypoints", -1),
     }  # fmt: skip
     proto = onnx.load(str(path))
     for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=str(value))
+        proto.metadata_props.add(key=f"dekr.{key}", value=str(value))
     onnx.save(proto, str(path))
     return path
+
+
+def _dynamic_axes(outputs: list[str], with_decoder: bool) -> dict[str, dict[int, str]]:
+    """Dynamic batch, height and width of ``images`` (and the maps, or the batch of poses)."""
+    maps = {0: "batch", 2: "map_height", 3: "map_width"}
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    axes.update({name: ({0: "batch"} if with_decoder else maps) for name in outputs})
+    return axes
 
 
 class _ONNXSession:
