@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from dekr.export import (
     check_onnx,
     export_onnx,
 )
+from dekr.inference import predict_poses
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv
 from dekr.models.dekr import DEKR, build_model
@@ -186,3 +188,17 @@ def test_errors(monkeypatch: pytest.MonkeyPatch, model3: DEKR, tmp_path: Path) -
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"pip install dekr\[export\]"):
         export_onnx(model3, tmp_path / "x.onnx")
+
+
+def test_predict_poses_through_onnxruntime(dynamic17: tuple[DEKR, Path]) -> None:
+    model, path = dynamic17
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120, 90, 3), dtype=np.uint8) for _ in range(2)]
+    kwargs = {"spec": COCO_KEYPOINTS, "input_size": 128, "flip": True}
+    with torch.no_grad():
+        expected = predict_poses(model, images, **kwargs)
+    actual = predict_poses(ONNXPoseModel(path), images, **kwargs)
+    for a, e in zip(actual, expected):
+        assert len(e["scores"]) > 0
+        np.testing.assert_allclose(a["keypoints"], e["keypoints"], atol=1e-3)
+        np.testing.assert_allclose(a["scores"], e["scores"], atol=1e-5)
