@@ -57,7 +57,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe")
-    return _run(_train, parser.parse_args(argv))
+    return _run(_train, parser.parse_intermixed_args(argv))
 
 
 # ---------------------------------------------------------------------------------- dekr-eval
@@ -80,7 +80,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         default=None,
         help="COCO results JSON path (default: next to the checkpoint)",
     )
-    return _run(_eval, parser.parse_args(argv))
+    return _run(_eval, parser.parse_intermixed_args(argv))
 
 
 # ---------------------------------------------------------------------------------- dekr-predict

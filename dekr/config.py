@@ -245,6 +245,11 @@ def check_targets(recipe: DictConfig, source: str) -> None:
             continue
         if "spec" in params and "spec" not in kwargs:
             kwargs["spec"] = None  # injected at build time
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for name in [] if takes_any else sorted(set(kwargs) - set(params)):
+            near = difflib.get_close_matches(name, list(params), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; it takes {list(params)}"
+            raise RecipeError(f"{source}: data.{key}.{name} is not an argument of {target}{hint}")
         try:
             inspect.signature(obj).bind(**kwargs)
         except TypeError as err:

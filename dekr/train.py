@@ -195,9 +195,14 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         from pytorch_lightning.callbacks import EMAWeightAveraging
 
         callbacks.append(EMAWeightAveraging(decay=recipe.optim.ema_decay))
+    csv_version = next(
+        v
+        for v in ("csv", *(f"csv_{i}" for i in range(1, 10_000)))
+        if not (output_dir / "logs" / v).exists()
+    )  # a resumed run keeps its history
     loggers = [
         TensorBoardLogger(output_dir, name="logs", version="tensorboard"),
-        CSVLogger(output_dir, name="logs", version="csv"),
+        CSVLogger(output_dir, name="logs", version=csv_version),
     ]
     max_time = {"minutes": t.max_time_minutes} if t.max_time_minutes else None
     return pl.Trainer(

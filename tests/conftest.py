@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
+    """Overrides that turn the quickstart recipe into a seconds-long CPU run."""
+    items = {
+        "model.backbone": "hrnet_w8_tiny",
+        "data.synthetic.root": str(root),
+        "data.synthetic.train_images": 12,
+        "data.synthetic.val_images": 4,
+        "data.synthetic.image_size": 96,
+        "data.synthetic.max_people": 3,
+        "data.input_size": 64,
+        "data.batch_size": 4,
+        "data.val_batch_size": 2,
+        "data.num_workers": 0,
+        "data.persistent_workers": False,
+        "data.pin_memory": False,
+        "trainer.max_epochs": 1,
+        "trainer.max_time_minutes": None,
+        "trainer.check_val_every_n_epoch": 1,
+        "trainer.log_every_n_steps": 1,
+        "trainer.benchmark": False,
+        "output_dir": str(out),
+    }
+    items.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch of the tiny quickstart variant; returns train()'s result and the output dir."""
+    from dekr.config import load_recipe
+    from dekr.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(synthetic_root, out))
+    result = train(recipe)
+    return {"result": result, "out": out, "root": synthetic_root}

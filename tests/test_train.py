@@ -1,0 +1,165 @@
+"""Training system: recipes, losses, schedule, dekr-train / dekr-eval / dekr-predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from dekr.cli import eval_main, predict_main, train_main
+from dekr.config import RecipeError, load_recipe, recipe_from_dict
+from dekr.loss import heatmap_loss, offset_loss
+from dekr.module import DekrModule, load_checkpoint, lr_factor
+from dekr.train import build_datamodule
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_loads_and_builds(path: Path) -> None:
+    recipe = load_recipe(path, ["model.backbone=hrnet_w8_tiny"])
+    module = DekrModule(dict(recipe_from_dict(recipe)))
+    k = module.spec.num_keypoints
+    heatmaps, offsets = module(torch.zeros(1, 3, 64, 64))
+    assert heatmaps.shape == (1, k + 1, 16, 16) and offsets.shape == (1, 2 * k, 16, 16)
+    assert build_datamodule(recipe).batch_size == recipe.data.batch_size
+
+
+def test_official_values_in_recipes() -> None:
+    r = load_recipe(REPO / "recipes" / "coco_w32.yaml")
+    assert (r.optim.lr, r.optim.weight_decay, list(r.optim.milestones)) == (1e-3, 0.0, [90, 120])
+    assert r.data.batch_size * r.trainer.devices == r.optim.reference_batch == 40
+    assert (r.loss.heatmap_factor, r.loss.offset_factor, r.trainer.max_epochs) == (1.0, 0.03, 140)
+    c = load_recipe(REPO / "recipes" / "crowdpose_w48.yaml")
+    assert (c.keypoints, c.data.input_size, c.trainer.max_epochs) == ("crowdpose", 640, 300)
+    assert c.data.batch_size * c.trainer.devices == 40
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("data.batchsize=3", "unknown key 'data.batchsize'; did you mean 'data.batch_size'"),
+        ("trainer.max_epoch=3", "did you mean 'trainer.max_epochs'"),
+        ("trainer.max_epochs=ten", "bad value for 'trainer.max_epochs'"),
+        ("optim.lr", "not of the form key=value"),
+    ],
+)
+def test_recipe_errors_name_the_key(override: str, match: str) -> None:
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(REPO / "recipes" / "quickstart.yaml", [override])
+
+
+def test_bad_target_and_missing_recipe(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = {"data": {"train_dataset": {"_target_": "dekr.nothing.Here"}}}
+    with pytest.raises(RecipeError, match="'dekr.nothing.Here' cannot be imported"):
+        recipe_from_dict(bad)
+    wrong_args = {"data": {"train_dataset": {"_target_": "dekr.data.coco.COCOKeypoints",
+                                             "annotation_fle": "x.json"}}}  # fmt: skip
+    with pytest.raises(RecipeError, match="annotation_fle"):
+        recipe_from_dict(wrong_args)
+
+
+def test_heatmap_loss_is_masked_mse() -> None:
+    pred = torch.tensor([[[[1.0, 2.0]]]])
+    target = torch.tensor([[[[0.0, 0.0]]]])
+    weights = torch.tensor([[[[0.1, 0.0]]]])
+    assert heatmap_loss(pred, target, weights).item() == pytest.approx(0.1 * 1.0 / 2)
+
+
+def test_offset_loss_normalised_by_positive_weights() -> None:
+    pred = torch.tensor([[[[1.0, 0.05, 7.0]]]])
+    target = torch.zeros_like(pred)
+    weights = torch.tensor([[[[0.5, 1.0, 0.0]]]])
+    beta = 1.0 / 9
+    expected = (0.5 * (1.0 - beta / 2) + 1.0 * 0.5 * 0.05**2 / beta) / 2
+    assert offset_loss(pred, target, weights, beta).item() == pytest.approx(expected)
+    assert offset_loss(pred, target, torch.zeros_like(pred)).item() == 0.0
+
+
+def test_lr_schedules() -> None:
+    kw = dict(max_epochs=140, milestones=[90, 120], gamma=0.1, warmup_epochs=0.0)
+    assert [lr_factor(e, schedule="multistep", **kw) for e in (0, 89.9, 90, 130)] == pytest.approx(
+        [1, 1, 0.1, 0.01]
+    )
+    assert lr_factor(70, schedule="cosine", **kw) == pytest.approx(0.5)
+    warm = dict(kw, warmup_epochs=2.0)
+    assert lr_factor(1.0, schedule="multistep", **warm) == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="optim.schedule 'linear' unknown"):
+        lr_factor(0, schedule="linear", **kw)
+
+
+@pytest.mark.integration
+def test_tiny_training_run(tiny_run: dict, capsys: pytest.CaptureFixture) -> None:
+    out = tiny_run["out"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "recipe.yaml").is_file() and (out / "keypoints.json").is_file()
+    assert 0.0 <= tiny_run["result"]["metrics"]["AP"] <= 1.0
+    assert (out / "logs" / "csv" / "metrics.csv").is_file()
+    module = load_checkpoint(out / "checkpoints" / "last.ckpt")  # no YAML needed
+    assert module.spec.num_keypoints == 17 and not module.training
+
+
+@pytest.mark.integration
+def test_cli_eval_and_predict(tiny_run: dict, tmp_path: Path, capsys) -> None:
+    ckpt = tiny_run["out"] / "checkpoints" / "last.ckpt"
+    assert eval_main([str(ckpt), "decode.flip=false", "--results", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("AP ")
+    images = tiny_run["root"] / "images" / "val"
+    out = tmp_path / "pred"
+    assert predict_main([str(ckpt), str(images), "--out", str(out)]) == 0
+    doc = json.loads((out / "predictions.json").read_text())
+    assert len(doc["images"]) == len(list(images.iterdir()))
+    assert len(list(out.glob("*.png"))) == len(doc["images"])
+
+
+@pytest.mark.integration
+def test_resume_auto_continues(tiny_run: dict, capsys) -> None:
+    ckpt = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)
+    argv = [str(REPO / "recipes" / "quickstart.yaml"),
+            *tiny_overrides(tiny_run["root"], tiny_run["out"], **{"trainer.max_epochs": 2}),
+            "resume=auto"]  # fmt: skip
+    assert train_main(argv) == 0
+    again = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert again["global_step"] == 2 * ckpt["global_step"]
+    assert again["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    quick = str(REPO / "recipes" / "quickstart.yaml")
+    assert train_main([quick, "data.batchsize=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'data.batch_size'" in err[0]
+    assert eval_main([str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert train_main([quick, "--print-config", "seed=5"]) == 0
+    assert "seed: 5" in capsys.readouterr().out
+
+
+def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path, capsys) -> None:
+    ckpt = str(tiny_run["out"] / "checkpoints" / "last.ckpt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict_main([ckpt, str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no images or videos in folder" in capsys.readouterr().err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    assert predict_main([ckpt, str(broken), "--out", str(tmp_path / "o2")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert not (tmp_path / "o2" / "predictions.json").exists()
+
+
+def test_checkpoint_of_other_k_is_clear(tiny_run: dict) -> None:
+    module = load_checkpoint(tiny_run["out"] / "checkpoints" / "last.ckpt")
+    state = {k: v for k, v in module.model.state_dict().items()}
+    from dekr.models.dekr import build_model
+    from dekr.models.weights import load_official_dekr
+
+    with pytest.raises(ValueError, match="K=17 keypoints, the model K=3"):
+        load_official_dekr(build_model("hrnet_w8_tiny", num_keypoints=3), state)
+    assert np.isfinite(sum(float(v.float().sum()) for v in state.values()))
