@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from collections.abc import Callable
@@ -39,6 +40,20 @@ def read_image(path: str) -> np.ndarray:
     if img is None:
         raise OSError(f"cannot decode image file: {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _load_coco(path: str) -> COCO:
+    """pycocotools ``COCO`` of a JSON file; ValueError naming ``path`` when it is not one."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            return COCO(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON (truncated or malformed?): {err}") from None
+    except (AssertionError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path}: not a COCO annotation file (a JSON object with 'images', 'annotations' "
+            f"and 'categories' lists expected): {type(err).__name__}: {err}"
+        ) from None
 
 
 def _annotation_area(ann: dict[str, Any], kps: np.ndarray) -> float:
@@ -73,12 +88,13 @@ class COCOKeypoints:
     ) -> None:
         if not os.path.isfile(annotation_file):
             raise FileNotFoundError(f"annotation file not found: {annotation_file}")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"image folder not found: {image_dir}")
         self.annotation_file = str(annotation_file)
         self.image_dir = str(image_dir)
         self.spec = spec
         self.transform = transform
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(self.annotation_file)
+        self.coco = _load_coco(self.annotation_file)
         self.category_ids = self._keypoint_categories()
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
         self._people: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -118,9 +134,10 @@ class COCOKeypoints:
                 f"numbers, expected {3 * k} (K={k}, spec '{self.spec.name}')"
             )
         kps = raw.reshape(k, 3)
-        if np.isnan(kps).any():
+        if not np.isfinite(kps).all():
             raise ValueError(
-                f"{self.annotation_file}: annotation id {ann.get('id')} has NaN keypoint values"
+                f"{self.annotation_file}: annotation id {ann.get('id')} has NaN or infinite "
+                "keypoint values"
             )
         x, y = kps[:, 0], kps[:, 1]
         outside = (kps[:, 2] > 0) & ((x < 0) | (y < 0) | (x >= width) | (y >= height))
