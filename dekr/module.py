@@ -328,7 +328,16 @@ def load_checkpoint(
     if overrides:
         recipe = OmegaConf.to_container(recipe_from_dict(recipe, list(overrides)), resolve=True)
     module = DekrModule(recipe)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch: another keypoint count or backbone width
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise ValueError(
+            f"{path}: checkpoint weights do not fit the model of its recipe (keypoints "
+            f"{module.spec.num_keypoints}, backbone {module.recipe.model.backbone}"
+            f"{', after overrides ' + ' '.join(overrides) if overrides else ''}): "
+            f"{(lines or [str(err).splitlines()[0]])[0]}"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"{path}: checkpoint does not match its recipe's model "
