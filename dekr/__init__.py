@@ -1,3 +1,68 @@
-"""dekr: bottom-up multi-person pose estimation with Disentangled Keypoint Regression."""
+"""dekr: bottom-up multi-person pose estimation with Disentangled Keypoint Regression.
+
+The public API, by stage (each name is documented where it is defined):
+
+* keypoint sets: :class:`KeypointSpec`, :data:`COCO_KEYPOINTS`, :data:`CROWDPOSE_KEYPOINTS`
+* data: :class:`COCOKeypoints` (any COCO-format JSON), :func:`generate_synthetic_dataset`,
+  :func:`ensure_synthetic_splits`, :class:`TrainSampleTransform`, :class:`DekrDataModule`,
+  :func:`encode_targets`, :func:`encode_targets_batch`
+* network: :func:`build_model`, :class:`DEKR`, :func:`load_official_dekr`,
+  :func:`load_imagenet_backbone`
+* decoding and metric: :class:`DEKRDecoder`, :func:`predict_poses`, :class:`COCOEvaluator`,
+  :func:`draw_poses`
+* training system: :class:`DekrModule`, :func:`load_recipe`, :func:`recipe_from_dict`,
+  :func:`train`, :func:`evaluate`, :func:`load_checkpoint`, :func:`predict_files`
+
+Heavy submodules are imported on first use, so ``import dekr`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "KeypointSpec": "dekr.keypoints",
+    "COCO_KEYPOINTS": "dekr.keypoints",
+    "CROWDPOSE_KEYPOINTS": "dekr.keypoints",
+    "get_keypoint_spec": "dekr.keypoints",
+    "COCOKeypoints": "dekr.data.coco",
+    "generate_synthetic_dataset": "dekr.data.synthetic",
+    "ensure_synthetic_splits": "dekr.data.synthetic",
+    "TrainSampleTransform": "dekr.data.datamodule",
+    "DekrDataModule": "dekr.data.datamodule",
+    "encode_targets": "dekr.targets",
+    "encode_targets_batch": "dekr.targets",
+    "build_model": "dekr.models.dekr",
+    "DEKR": "dekr.models.dekr",
+    "load_official_dekr": "dekr.models.weights",
+    "load_imagenet_backbone": "dekr.models.weights",
+    "DEKRDecoder": "dekr.decoder",
+    "predict_poses": "dekr.inference",
+    "COCOEvaluator": "dekr.evaluation",
+    "draw_poses": "dekr.drawing",
+    "DekrModule": "dekr.module",
+    "load_checkpoint": "dekr.module",
+    "load_recipe": "dekr.config",
+    "recipe_from_dict": "dekr.config",
+    "train": "dekr.train",
+    "evaluate": "dekr.train",
+    "predict_files": "dekr.predict",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dekr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

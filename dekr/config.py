@@ -99,7 +99,8 @@ class DecodeConfig:
     nms_threshold: float = 0.05  # TEST.NMS_THRE (0.15 for multi-scale)
     nms_num: int = 8  # TEST.NMS_NUM_THRE (COCO 8, CrowdPose 7)
     flip: bool = True  # TEST.FLIP_TEST
-    flip_shift: int = 0  # input px; 3 only for official checkpoints (see dekr/inference.py)
+    # input px; 3 = stride - 1 mirrors the maps exactly on the output grid (official TEST flip)
+    flip_shift: int = 3
     scales: list[float] = field(default_factory=lambda: [1.0])  # TEST.SCALE_FACTOR
     scale_decrease: float = 0.9  # TEST.DECREASE (COCO 0.9, CrowdPose 0.8)
     match_heatmaps: bool = False  # TEST.MATCH_HMP

@@ -192,11 +192,11 @@ class COCOEvaluator:
         gt = self.coco_gt if self.coco_gt is not None else self._build_gt()
         results = self.state()
         img_ids = self.image_ids
-        if not results or not img_ids:
-            return {n: 0.0 for n in _STAT_NAMES}
-        metrics = dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
+        metrics = {n: 0.0 for n in _STAT_NAMES}
+        if results and img_ids:
+            metrics = dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
         crowd = {i: gt.imgs[i].get("crowdIndex") for i in img_ids if i in gt.imgs}
-        if crowd and all(v is not None for v in crowd.values()):
+        if crowd and all(v is not None for v in crowd.values()):  # CrowdPose easy/medium/hard
             for name, lo, hi in _CROWD_SPLITS:
                 ids = [i for i, c in crowd.items() if lo <= c < hi]
                 subset = [r for r in results if r["image_id"] in set(ids)]

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dekr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dekr.decoder import DEKRDecoder, ScaleMaps
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["EvalTransform", "eval_transform", "resize_image", "predict_poses", "forward_scale"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Model = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -151,7 +150,7 @@ def forward_scale(
     spec: KeypointSpec,
     scale: float,
     flip: bool,
-    flip_shift: int = 0,
+    flip_shift: int = 3,
     stride: int = 4,
 ) -> ScaleMaps:
     """Network pass(es) at one scale: heatmaps and offsets, flip-averaged (poses averaged)."""
@@ -187,7 +186,7 @@ def predict_poses(
     input_size: int = 512,
     scales: Sequence[float] = (1.0,),
     flip: bool = True,
-    flip_shift: int = 0,
+    flip_shift: int = 3,
     decoder: Optional[DEKRDecoder] = None,
     device: Union[str, torch.device, None] = None,
     stride: int = 4,

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.utils.data import Subset
 
 from dekr.config import recipe_from_dict
 from dekr.decoder import DEKRDecoder
@@ -232,8 +233,19 @@ class DekrModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", float(value), rank_zero_only=False, sync_dist=False)
 
+    def _val_coco(self) -> Any:
+        """The validation dataset's pycocotools ``COCO`` ground truth, when it has one."""
+        dataset = getattr(getattr(self._trainer, "datamodule", None), "val_dataset", None)
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        return getattr(dataset, "coco", None)
+
     def make_evaluator(self, gts: list[tuple[int, np.ndarray]]) -> COCOEvaluator:
-        """Ground truth from the gathered validation samples (one entry per image id)."""
+        """The dataset's COCO ground truth (crowds and unlabelled people included), or one built
+        from the gathered validation samples for datasets without a JSON file."""
+        coco = self._val_coco()
+        if coco is not None:
+            return COCOEvaluator(self.spec, coco_gt=coco)
         k = self.spec.num_keypoints
         evaluator = COCOEvaluator(self.spec)
         for image_id, rows in gts:

@@ -76,7 +76,13 @@ def _custom_dataset(node: DictConfig, spec: KeypointSpec) -> Dataset:
 class RecipeDataModule(DekrDataModule):
     """The DataModule a recipe describes; synthetic data is generated once, in ``prepare_data``."""
 
-    def __init__(self, recipe: DictConfig, spec: KeypointSpec) -> None:
+    def __init__(
+        self,
+        recipe: DictConfig,
+        spec: KeypointSpec,
+        train_dataset: Optional[Dataset] = None,
+        val_dataset: Optional[Dataset] = None,
+    ) -> None:
         d, t = recipe.data, recipe.targets
         target_kwargs = dict(
             sigma=t.sigma,
@@ -95,6 +101,7 @@ class RecipeDataModule(DekrDataModule):
             target_kwargs=target_kwargs,
         )
         self.recipe, self.spec = recipe, spec
+        self.given = {"train": train_dataset, "val": val_dataset}  # raw-sample datasets
         a = recipe.augment
         self.transform = TrainSampleTransform(
             spec,
@@ -126,11 +133,14 @@ class RecipeDataModule(DekrDataModule):
         )
 
     def prepare_data(self) -> None:
-        if self.recipe.data.source == "synthetic":
+        needed = any(self.given[s] is None for s in ("train", "val"))
+        if needed and self.recipe.data.source == "synthetic":
             self._synthetic()
 
     def _split(self, split: str) -> Dataset:
         d = self.recipe.data
+        if self.given[split] is not None:
+            return self.given[split]
         custom = d.get(f"{split}_dataset")
         if custom is not None:
             return _custom_dataset(custom, self.spec)
@@ -162,8 +172,14 @@ class RecipeDataModule(DekrDataModule):
             self.val_dataset = Subset(val, range(min(limit, len(val)))) if limit else val
 
 
-def build_datamodule(recipe: DictConfig, spec: Optional[KeypointSpec] = None) -> RecipeDataModule:
-    return RecipeDataModule(recipe, spec or spec_from_recipe(recipe))
+def build_datamodule(
+    recipe: DictConfig,
+    spec: Optional[KeypointSpec] = None,
+    train_dataset: Optional[Dataset] = None,
+    val_dataset: Optional[Dataset] = None,
+) -> RecipeDataModule:
+    """The recipe's DataModule; given datasets (of raw samples) replace the recipe's."""
+    return RecipeDataModule(recipe, spec or spec_from_recipe(recipe), train_dataset, val_dataset)
 
 
 def build_module(recipe: DictConfig) -> DekrModule:
@@ -249,16 +265,31 @@ def _save_run_files(recipe: DictConfig, spec: KeypointSpec, output_dir: Path) ->
     (output_dir / "keypoints.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
 
-def train(recipe: Union[DictConfig, dict[str, Any]]) -> dict[str, Any]:
+def train(
+    recipe: Union[DictConfig, dict[str, Any]],
+    *,
+    spec: Optional[KeypointSpec] = None,
+    train_dataset: Optional[Dataset] = None,
+    val_dataset: Optional[Dataset] = None,
+) -> dict[str, Any]:
     """Train from a recipe; returns the final validation metrics and the checkpoint paths.
+
+    Args:
+        recipe: a loaded recipe (:func:`dekr.config.load_recipe`) or a plain mapping.
+        spec: the keypoint set; replaces the recipe's ``keypoints`` (and is saved with it).
+        train_dataset, val_dataset: any datasets of raw samples (docs/architecture.md),
+            replacing the recipe's data sources.
 
     Prints the final validation AP as a last line ``AP <value>`` (rank 0).
     """
     recipe = recipe_from_dict(recipe) if not isinstance(recipe, DictConfig) else recipe
+    if spec is not None:
+        recipe = recipe_from_dict(recipe, [])
+        recipe.keypoints = spec.to_dict()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     output_dir = Path(recipe.output_dir)
     spec = spec_from_recipe(recipe)
-    datamodule = build_datamodule(recipe, spec)
+    datamodule = build_datamodule(recipe, spec, train_dataset, val_dataset)
     module = build_module(recipe)
     trainer = build_trainer(recipe, output_dir)
     ckpt_path = _resume_path(recipe.resume, output_dir)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from dekr.data.coco import COCOKeypoints
 from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointSpec
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 COCO_DIR = DATA / "coco_sample"
 COCO_JSON = COCO_DIR / "annotations" / "person_keypoints_sample.json"
 CP_DIR = DATA / "crowdpose_sample"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import (
@@ -18,7 +17,7 @@ from dekr.data.datamodule import (
 )
 from dekr.keypoints import COCO_KEYPOINTS
 
-COCO_DIR = Path("/work/shared/data/coco_sample")
+COCO_DIR = SHARED_DATA / "coco_sample"
 COCO_JSON = COCO_DIR / "annotations" / "person_keypoints_val_sample.json"
 pytestmark = pytest.mark.skipif(not COCO_JSON.exists(), reason="real data fixtures missing")
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from dekr.evaluation import COCOEvaluator, format_table, keypoint_box_area
 from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 COCO_VAL = DATA / "coco_sample/annotations/person_keypoints_val_sample.json"
 CROWDPOSE = DATA / "crowdpose_sample/annotations/crowdpose_sample.json"
 pytestmark = pytest.mark.skipif(not COCO_VAL.exists(), reason="shared sample data not available")

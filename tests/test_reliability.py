@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_overrides
+from omegaconf import OmegaConf
 
+from dekr.cli import eval_main, predict_main, train_main
 from dekr.config import RecipeError, load_recipe
-from dekr.module import load_checkpoint
+from dekr.data.coco import COCOKeypoints
+from dekr.decoder import DEKRDecoder
+from dekr.evaluation import COCOEvaluator
+from dekr.keypoints import COCO_KEYPOINTS
+from dekr.module import DekrModule, load_checkpoint
+from dekr.targets import encode_targets, encode_targets_batch
 
 QUICK = REPO / "recipes" / "quickstart.yaml"
 
@@ -78,3 +89,182 @@ def test_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(ckpt, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+# ------------------------------------------------------------------------------ bad input
+def _coco_doc(people: int = 1, k: int = 17, size: int = 64) -> dict[str, Any]:
+    """A COCO keypoint document: one ``size``² image (``a.jpg``) with ``people`` people."""
+    rng = np.random.default_rng(people)
+    anns = []
+    for i in range(people):
+        xy = rng.uniform(2, size - 3, size=(k, 2))
+        kps = np.concatenate([xy, np.full((k, 1), 2.0)], 1).round(2)
+        ann = {"id": 100 + i, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 400.0}
+        anns.append({**ann, "bbox": [0, 0, 20, 20], "keypoints": kps.ravel().tolist()})
+    return {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": size, "height": size}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "person", "keypoints": [f"k{j}" for j in range(k)]}],
+    }
+
+
+def _write_coco(root: Path, doc: dict[str, Any], text: str | None = None) -> tuple[Path, Path]:
+    """Write ``doc`` (or raw ``text``) as ``root/ann.json`` and its images; (json, image dir)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for info in doc["images"]:
+        shape = (info["height"], info["width"], 3)
+        cv2.imwrite(str(images / info["file_name"]), np.full(shape, 127, np.uint8))
+    ann = root / "ann.json"
+    ann.write_text(json.dumps(doc) if text is None else text)
+    return ann, images
+
+
+def _coco_argv(ann: Path, images: Path, out: Path) -> list[str]:
+    """``dekr-train`` arguments: the quickstart recipe on a COCO-format folder, tiny model."""
+    return [str(QUICK), *tiny_overrides(out / "unused", out),
+            "data.source=coco", f"data.train_annotations={ann}", f"data.train_images={images}",
+            f"data.val_annotations={ann}", f"data.val_images={images}"]  # fmt: skip
+
+
+def _one_error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+RECIPE_ERRORS = {
+    "unknown_key": ("data:\n  batchsize: 3\n", "unknown key 'data.batchsize'"),
+    "wrong_type": ("trainer:\n  max_epochs: ten\n", "bad value for 'trainer.max_epochs'"),
+    "bad_target": ("data:\n  train_dataset: {_target_: nowhere.Nothing}\n", "cannot be imported"),
+    "bad_yaml": ("data: [1, 2\n", "not a valid YAML recipe"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPE_ERRORS))
+def test_cli_recipe_errors(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    text, expected = RECIPE_ERRORS[case]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert train_main([str(recipe)]) == 2
+    line = _one_error_line(capsys)
+    assert expected in line and str(recipe) in line or case == "bad_target" and expected in line
+    with pytest.raises(RecipeError):
+        train_main([str(recipe), "--debug"])  # --debug: the exception and its traceback
+
+
+def test_cli_missing_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_main([str(tmp_path / "none.yaml")]) == 2
+    assert "recipe file not found" in _one_error_line(capsys)
+
+
+def _mutate(case: str, root: Path) -> tuple[Path, Path, str]:
+    """A broken COCO folder for ``case``; returns (json, images, text the error must hold)."""
+    doc = _coco_doc(people=2)
+    if case == "missing_json":
+        ann, images = _write_coco(root, doc)
+        ann.unlink()
+        return ann, images, f"annotation file not found: {ann}"
+    if case == "missing_images":
+        ann, _ = _write_coco(root, doc)
+        return ann, root / "nowhere", f"image folder not found: {root / 'nowhere'}"
+    if case == "truncated_json":
+        ann, images = _write_coco(root, doc, text=json.dumps(doc)[:80])
+        return ann, images, f"{ann}: not valid JSON"
+    if case == "not_an_object":
+        ann, images = _write_coco(root, doc, text="[1, 2, 3]")
+        return ann, images, f"{ann}: not a COCO annotation file"
+    if case == "other_k":
+        ann, images = _write_coco(root, _coco_doc(people=2, k=5))
+        return ann, images, f"{ann}: no category has 17 keypoints"
+    if case == "short_keypoints":
+        doc["annotations"][1]["keypoints"] = doc["annotations"][1]["keypoints"][:-3]
+        ann, images = _write_coco(root, doc)
+        return ann, images, f"{ann}: annotation id 101 has 48 keypoint numbers, expected 51"
+    assert case == "nan_keypoints"
+    doc["annotations"][1]["keypoints"][4] = float("nan")  # json writes NaN literally
+    ann, images = _write_coco(root, doc)
+    return ann, images, f"{ann}: annotation id 101 has NaN or infinite keypoint values"
+
+
+DATA_ERRORS = ["missing_json", "missing_images", "truncated_json", "not_an_object", "other_k",
+               "short_keypoints", "nan_keypoints"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DATA_ERRORS)
+def test_cli_data_errors(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, images, expected = _mutate(case, tmp_path / "data")
+    assert train_main(_coco_argv(ann, images, tmp_path / "out")) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def _checkpoint(path: Path, recipe: dict[str, Any], weights_recipe: dict[str, Any]) -> Path:
+    """A checkpoint holding ``recipe`` and the (random) weights of ``weights_recipe``'s model."""
+    state = DekrModule(weights_recipe).state_dict()
+    torch.save({"hyper_parameters": {"recipe": recipe}, "state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("other", ["keypoints=crowdpose", "model.backbone=hrnet_w16_small"])
+def test_cli_checkpoint_of_another_model(
+    other: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    recipe = load_recipe(QUICK, tiny_overrides(tmp_path / "syn", tmp_path / "out"))
+    mine = OmegaConf.to_container(recipe, resolve=True)
+    theirs = OmegaConf.to_container(
+        load_recipe(QUICK, [*tiny_overrides(tmp_path, tmp_path), other])
+    )
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    bad = _checkpoint(tmp_path / "bad.ckpt", mine, theirs)  # weights of another model
+    good = _checkpoint(tmp_path / "good.ckpt", mine, mine)
+    predict_argv = [str(bad), str(image), "--out", str(tmp_path / "p")]
+    for argv, main in [([str(bad)], eval_main), ([str(good), other], eval_main),
+                       (predict_argv, predict_main)]:  # fmt: skip
+        assert main(argv) == 2
+        line = _one_error_line(capsys)
+        assert "checkpoint weights do not fit" in line and "size mismatch" in line, line
+
+
+def _crowded_folder(root: Path, people: int = 120) -> tuple[Path, Path]:
+    """``people`` people on one 96² image, one keypoint far outside, one person of area 0."""
+    doc = _coco_doc(people=people, size=96)
+    doc["annotations"][0]["keypoints"][:2] = [-50.0, 400.0]  # outside the image
+    doc["annotations"][1]["area"] = 0.0  # zero-area person
+    return _write_coco(root, doc)
+
+
+def test_crowded_image_targets_decoder_evaluation(tmp_path: Path) -> None:
+    ann, images = _crowded_folder(tmp_path)
+    with pytest.warns(UserWarning, match="1 labelled keypoints lie outside"):
+        ds = COCOKeypoints(str(ann), str(images), COCO_KEYPOINTS)
+    sample = ds[0]
+    assert sample["keypoints"].shape == (120, 17, 3) and sample["areas"][1] == 0.0
+    kps = sample["keypoints"].copy()
+    kps[..., :2] /= 4  # output pixels, 24² maps
+    maps = encode_targets(kps, sample["areas"], None, output_size=24, min_center_area=0.0)
+    batch = encode_targets_batch(
+        torch.from_numpy(kps)[None], torch.from_numpy(sample["areas"])[None], None,
+        output_size=24, min_center_area=0.0,
+    )  # fmt: skip
+    for name, value in maps.items():
+        assert np.isfinite(value).all()
+        np.testing.assert_allclose(batch[name][0].numpy(), value, atol=1e-5, err_msg=name)
+    decoder = DEKRDecoder(COCO_KEYPOINTS, max_people=30, center_threshold=0.0)
+    heat = torch.from_numpy(maps["heatmaps"])[None]
+    poses = decoder(heat, torch.from_numpy(maps["offsets"])[None])[0]
+    assert 0 < len(poses["scores"]) <= 30 and torch.isfinite(poses["keypoints"]).all()
+    evaluator = COCOEvaluator(COCO_KEYPOINTS, coco_gt=ds.coco)
+    truth = sample["keypoints"].copy()
+    evaluator.process([1], [{"keypoints": truth, "scores": np.linspace(1, 0.5, 120)}])
+    metrics = evaluator.evaluate()
+    assert all(np.isfinite(v) for v in metrics.values()) and metrics["AP"] > 0.5
+
+
+@pytest.mark.integration
+def test_crowded_image_trains_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, images = _crowded_folder(tmp_path / "data")
+    argv = [*_coco_argv(ann, images, tmp_path / "out"), "data.batch_size=1", "data.input_size=96"]
+    assert train_main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("AP ")

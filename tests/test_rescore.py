@@ -16,8 +16,9 @@ from dekr.rescore import RescoreNet, Rescorer, fit_rescore_net, rescore_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_rescore  # noqa: E402
+from conftest import SHARED_DATA
 
-COCO_VAL = Path("/work/shared/data/coco_sample/annotations/person_keypoints_val_sample.json")
+COCO_VAL = SHARED_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
 
 
 def test_feature_sizes_and_normalisation():

@@ -15,8 +15,10 @@ from dekr.keypoints import COCO_KEYPOINTS
 targets = pytest.importorskip("dekr.targets")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import roundtrip  # noqa: E402
+from conftest import REPO, SHARED_DATA  # noqa: E402
 
-COCO_VAL = Path("/work/shared/data/coco_sample/annotations/person_keypoints_val_sample.json")
+COCO_VAL = SHARED_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
+RECIPE = REPO / "recipes" / "quickstart.yaml"
 
 # A standing person, 17 COCO joints, unit height, origin at the hips' midpoint.
 _TEMPLATE = np.array([
@@ -58,13 +60,17 @@ def test_dense_crowd_of_30_people_is_recovered():
 
 @pytest.mark.skipif(not COCO_VAL.exists(), reason="shared sample data not available")
 def test_roundtrip_on_coco_val_sample(capsys):
-    assert roundtrip.main(["--annotations", str(COCO_VAL), "--input-size", "512"]) == 0
+    assert roundtrip.main([str(RECIPE), "--annotations", str(COCO_VAL), "data.input_size=512"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("AP ") and float(last.split()[1]) >= 0.99
 
 
-def test_overrides_are_grouped():
-    got = roundtrip.parse_overrides(["decode.nms_threshold=0.1", "targets.sigma=2.5"])
-    assert got == {"decode": {"nms_threshold": 0.1}, "targets": {"sigma": 2.5}}
-    with pytest.raises(SystemExit):
-        roundtrip.parse_overrides(["nms_threshold=0.1"])
+def test_recipe_settings_and_overrides():
+    from dekr.config import RecipeError, load_recipe
+
+    recipe = load_recipe(RECIPE, ["decode.nms_threshold=0.1", "targets.sigma=2.5"])
+    got = roundtrip.recipe_settings(recipe)
+    assert got["decoder_kwargs"]["nms_threshold"] == 0.1 and got["target_kwargs"]["sigma"] == 2.5
+    assert got["spec"].name == "coco" and got["input_size"] == recipe.data.input_size
+    with pytest.raises(RecipeError, match="did you mean 'decode.nms_threshold'"):
+        load_recipe(RECIPE, ["decode.nms_treshold=0.1"])

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA, tiny_overrides
 
-from conftest import REPO, tiny_overrides
 from dekr.cli import eval_main, predict_main, train_main
 from dekr.config import RecipeError, load_recipe, recipe_from_dict
 from dekr.loss import heatmap_loss, offset_loss
@@ -163,3 +163,42 @@ def test_checkpoint_of_other_k_is_clear(tiny_run: dict) -> None:
     with pytest.raises(ValueError, match="K=17 keypoints, the model K=3"):
         load_official_dekr(build_model("hrnet_w8_tiny", num_keypoints=3), state)
     assert np.isfinite(sum(float(v.float().sum()) for v in state.values()))
+
+
+def _real_data_overrides(ann: Path, images: Path, out: Path) -> list[str]:
+    return [
+        "model.backbone=hrnet_w8_tiny", f"data.train_annotations={ann}",
+        f"data.train_images={images}", f"data.val_annotations={ann}", f"data.val_images={images}",
+        "data.input_size=128", "data.batch_size=2", "data.num_workers=0",
+        "data.persistent_workers=false", "data.pin_memory=false", "trainer.devices=1",
+        "trainer.strategy=auto", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+        "trainer.benchmark=false", f"output_dir={out}",
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
+    from dekr.train import train
+
+    sample = SHARED_DATA / "crowdpose_sample"
+    if not sample.is_dir():
+        pytest.skip(f"real test data not found at {sample}")
+    ann = sample / "annotations" / "crowdpose_sample.json"
+    recipe = load_recipe(REPO / "recipes" / "crowdpose_w32.yaml",
+                         _real_data_overrides(ann, sample / "images", tmp_path))  # fmt: skip
+    metrics = train(recipe)["metrics"]
+    assert {"AP", "APE", "APH"} <= set(metrics)  # CrowdPose easy / hard split from crowdIndex
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").spec.num_keypoints == 14
+
+
+@pytest.mark.slow
+def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
+    from dekr.train import train
+
+    sample = SHARED_DATA / "coco_sample"
+    if not sample.is_dir():
+        pytest.skip(f"real test data not found at {sample}")
+    ann = sample / "annotations" / "person_keypoints_val_sample.json"
+    recipe = load_recipe(REPO / "recipes" / "coco_w32.yaml",
+                         _real_data_overrides(ann, sample / "images", tmp_path))  # fmt: skip
+    assert 0.0 <= train(recipe)["metrics"]["AP"] <= 1.0

@@ -26,7 +26,11 @@ from dekr.data.datamodule import TrainSampleTransform
 from dekr.keypoints import COCO_KEYPOINTS
 from dekr.targets import encode_targets, encode_targets_batch
 
-COCO_SAMPLE = Path(os.environ.get("DEKR_COCO_SAMPLE", "/work/shared/data/coco_sample"))
+COCO_SAMPLE = Path(
+    os.environ.get(
+        "DEKR_COCO_SAMPLE", Path(__file__).resolve().parents[2] / "shared/data/coco_sample"
+    )
+)
 BATCH = 8
 
 

@@ -16,7 +16,6 @@ Prints the COCO table, ending with ``AP <value>``.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import torch
 from dekr.decoder import DEKRDecoder
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import eval_transform
-from dekr.keypoints import KeypointSpec, get_keypoint_spec
+from dekr.keypoints import KeypointSpec
 
 
 def roundtrip_image(
@@ -92,40 +91,37 @@ def run_roundtrip(
     return evaluator.evaluate()
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``decode.key=value`` / ``targets.key=value`` → {"decode": {...}, "targets": {...}}."""
-    groups: dict[str, dict[str, Any]] = {"decode": {}, "targets": {}}
-    for item in items:
-        key, sep, value = item.partition("=")
-        group, _, name = key.partition(".")
-        if not sep or group not in groups or not name:
-            raise SystemExit(f"override {item!r}: expected decode.NAME=VALUE or targets.NAME=VALUE")
-        try:
-            groups[group][name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            groups[group][name] = value
-    return groups
+def recipe_settings(recipe: Any) -> dict[str, Any]:
+    """Spec, input size, decoder and target keyword arguments from a loaded recipe."""
+    from dekr.module import spec_from_recipe
+
+    d, t = recipe.decode, recipe.targets
+    return {
+        "spec": spec_from_recipe(recipe),
+        "input_size": recipe.data.input_size,
+        "decoder_kwargs": dict(max_people=d.max_people, center_threshold=d.center_threshold,
+                               nms_threshold=d.nms_threshold, nms_num=d.nms_num),
+        "target_kwargs": dict(sigma=t.sigma, center_sigma=t.center_sigma, bg_weight=t.bg_weight,
+                              offset_radius=t.offset_radius, min_center_area=t.min_center_area),
+    }  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", type=Path, help="recipe YAML (targets, decode, input size, spec)")
     parser.add_argument("--annotations", type=Path, required=True, help="COCO keypoint JSON")
     parser.add_argument("--images", type=Path, default=None, help="image folder (checked)")
-    parser.add_argument("--spec", default="coco", help="keypoint spec name (coco, crowdpose)")
-    parser.add_argument("--input-size", type=int, default=512, help="eval input short side")
-    parser.add_argument("overrides", nargs="*", help="decode.NAME=VALUE / targets.NAME=VALUE")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. targets.sigma=3")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.overrides)
-    metrics = run_roundtrip(
-        args.annotations, args.images,
-        spec=get_keypoint_spec(args.spec), input_size=args.input_size,
-        decoder_kwargs=overrides["decode"], target_kwargs=overrides["targets"],
-    )  # fmt: skip
-    print(COCOEvaluator(get_keypoint_spec(args.spec)).summary(metrics))
+    from dekr.config import load_recipe
+
+    args = build_parser().parse_intermixed_args(argv)
+    settings = recipe_settings(load_recipe(args.recipe, args.overrides))
+    metrics = run_roundtrip(args.annotations, args.images, **settings)
+    print(COCOEvaluator(settings["spec"]).summary(metrics))
     return 0
 
 

@@ -188,7 +188,7 @@ def generate_synthetic_dataset(
     *,
     spec: KeypointSpec = COCO_KEYPOINTS,
     num_images: int = 1000,
-    image_size: tuple[int, int] = (256, 256),
+    image_size: int | tuple[int, int] = (256, 256),
     seed: int = 0,
     split_name: str = "train",
     options: SceneOptions | None = None,
@@ -200,7 +200,7 @@ def generate_synthetic_dataset(
         root: dataset folder (created if missing).
         spec: keypoint set of the figures and annotations.
         num_images: number of images.
-        image_size: ``(W, H)`` in pixels.
+        image_size: ``(W, H)`` in pixels, or one int for a square.
         seed: random seed; mixed with ``split_name``, so splits with one seed differ.
         split_name: split folder and JSON name.
         options: scene difficulty knobs (default :class:`SceneOptions`).
@@ -216,7 +216,7 @@ def generate_synthetic_dataset(
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     maker = FigureMaker(spec, max_rotation=options.max_rotation)
     split_key = zlib.crc32(split_name.encode())
-    w, h = int(image_size[0]), int(image_size[1])
+    w, h = _size(image_size)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng([seed, split_key, image_id])
@@ -248,6 +248,12 @@ def generate_synthetic_dataset(
 
 _MANIFEST = "manifest.json"
 _VERSION = 1  # bump when the generator's output changes, so caches are regenerated
+
+
+def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    return int(image_size[0]), int(image_size[1])
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -292,7 +298,7 @@ def ensure_synthetic_splits(
     spec: KeypointSpec = COCO_KEYPOINTS,
     train_images: int = 1000,
     val_images: int = 200,
-    image_size: tuple[int, int] = (256, 256),
+    image_size: int | tuple[int, int] = (256, 256),
     seed: int = 0,
     options: SceneOptions | None = None,
     **knobs: Any,
@@ -317,7 +323,7 @@ def ensure_synthetic_splits(
     counts = {"train": int(train_images), "val": int(val_images)}
     params = {
         "version": _VERSION, "spec": spec.to_dict(), "counts": counts, "seed": int(seed),
-        "image_size": [int(v) for v in image_size], "options": dataclasses.asdict(options),
+        "image_size": list(_size(image_size)), "options": dataclasses.asdict(options),
     }  # fmt: skip
     digest = _params_hash(params)
     paths = {s: root / "annotations" / f"{s}.json" for s in counts}
