@@ -259,7 +259,8 @@ def test_crowded_image_targets_decoder_evaluation(tmp_path: Path) -> None:
     truth = sample["keypoints"].copy()
     evaluator.process([1], [{"keypoints": truth, "scores": np.linspace(1, 0.5, 120)}])
     metrics = evaluator.evaluate()
-    assert all(np.isfinite(v) for v in metrics.values()) and metrics["AP"] > 0.5
+    # pycocotools keeps 20 detections per image (params.maxDets): recall <= 20/120 here
+    assert all(np.isfinite(v) for v in metrics.values()) and 0.1 < metrics["AP"] <= 0.2
 
 
 @pytest.mark.integration
@@ -268,3 +269,5 @@ def test_crowded_image_trains_and_evaluates(tmp_path: Path, capsys: pytest.Captu
     argv = [*_coco_argv(ann, images, tmp_path / "out"), "data.batch_size=1", "data.input_size=96"]
     assert train_main(argv) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("AP ")
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1  # one training step on the 120-person image
