@@ -64,6 +64,7 @@ class DataConfig:
     persistent_workers: bool = True
     drop_images_without_annotations: bool = True  # official train list: >= 1 annotation
     max_val_images: Optional[int] = None
+    max_bad_image_fraction: float = 0.01  # unreadable training images skipped up to this fraction
 
 
 @dataclass
@@ -120,6 +121,10 @@ class OptimConfig:
     reference_batch: int = 40  # global batch of the official recipe (4 GPUs x 10)
     scale_lr: bool = False  # linear scaling lr x global_batch / reference_batch
     ema_decay: Optional[float] = None  # weight EMA (e.g. 0.9998); None = off
+    # lr multiplier of the offset output convs (offset_final_layer). Offsets are regressed in
+    # output pixels (up to tens), so with Adam's ~lr-sized steps their output layer needs many
+    # steps to reach that scale: > 1 speeds up short runs. The official recipes use 1.
+    offset_lr_factor: float = 1.0
 
 
 @dataclass

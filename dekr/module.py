@@ -28,6 +28,7 @@ from dekr.inference import predict_poses
 from dekr.keypoints import KeypointSpec, get_keypoint_spec
 from dekr.loss import DEKRLoss
 from dekr.models.dekr import DEKR, build_model
+from dekr.rescore import Rescorer
 
 __all__ = ["DekrModule", "load_checkpoint", "spec_from_recipe", "lr_factor"]
 
@@ -91,6 +92,9 @@ class DekrModule(pl.LightningModule):
             nms_num=d.nms_num,
             scale_decrease=d.scale_decrease,
             match_heatmaps=d.match_heatmaps,
+            rescorer=Rescorer.load(d.rescore_checkpoint, self.spec)
+            if d.rescore_checkpoint
+            else None,
         )
         self.evaluator: Optional[COCOEvaluator] = None
         self.bad_loss_batches = 0
@@ -99,6 +103,9 @@ class DekrModule(pl.LightningModule):
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self.last_validated_step = -1
+
+    def _rescorer(self, path: Optional[str]) -> Optional[Rescorer]:
+        return Rescorer.load(path, self.spec) if path else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(images)
@@ -287,8 +294,13 @@ class DekrModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.recipe.optim
-        params = self.model.parameters()
         lr = self.effective_lr()
+        offset_out = list(self.model.offset_final_layer.parameters())
+        ids = {id(p) for p in offset_out}
+        params = [
+            {"params": [p for p in self.model.parameters() if id(p) not in ids]},
+            {"params": offset_out, "lr": lr * o.offset_lr_factor},
+        ]
         if o.name == "adam":
             opt = torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
         elif o.name == "adamw":

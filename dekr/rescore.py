@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dekr.keypoints import KeypointSpec
+from dekr.models.weights import read_state_dict
 
 __all__ = ["rescore_features", "RescoreNet", "Rescorer", "fit_rescore_net"]
 
@@ -71,8 +72,7 @@ class Rescorer:
     @classmethod
     def load(cls, path: Union[str, Path], spec: KeypointSpec, hidden: int = 256) -> Rescorer:
         """From a state dict file (official ``final_rescore_*.pth`` or :func:`fit_rescore_net`)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_state_dict(path)  # safe load, clear errors, ``module.`` stripped
         net = RescoreNet.from_spec(spec, hidden)
         net.load_state_dict(state)
         return cls(net, spec)

@@ -12,6 +12,7 @@ with an offset weight to the keypoint it points at).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from typing import Any
 
@@ -95,22 +96,36 @@ def render(sample: dict[str, Any], spec: KeypointSpec, stride: int) -> dict[str,
     }
 
 
+def _transforms(args: argparse.Namespace) -> tuple[KeypointSpec, TrainSampleTransform]:
+    """Spec and training transform from the recipe (when given) or the command line."""
+    if args.recipe:
+        from dekr.config import load_recipe
+        from dekr.train import build_datamodule
+
+        datamodule = build_datamodule(load_recipe(args.recipe, args.overrides))
+        return datamodule.spec, datamodule.transform
+    spec = get_keypoint_spec(args.spec)
+    return spec, TrainSampleTransform(spec, input_size=args.input_size)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default=None, help="recipe YAML: spec, input size, targets, augment")
     p.add_argument("--annotations", required=True, help="COCO-format keypoint JSON")
     p.add_argument("--images", required=True, help="image folder of the JSON's file names")
-    p.add_argument("--spec", default="coco", help="keypoint spec: coco or crowdpose")
+    p.add_argument("--spec", default="coco", help="keypoint spec without a recipe")
     p.add_argument("--index", type=int, default=0, help="sample index in the dataset")
-    p.add_argument("--input-size", type=int, default=512, help="square network input side")
+    p.add_argument("--input-size", type=int, default=512, help="input side without a recipe")
     p.add_argument("--seed", type=int, default=0, help="augmentation seed")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
-    args = p.parse_args(argv)
-    spec = get_keypoint_spec(args.spec)
+    p.add_argument("overrides", nargs="*", help="recipe overrides (key=value)")
+    args = p.parse_intermixed_args(argv)
+    spec, tf = _transforms(args)
     ds = COCOKeypoints(args.annotations, args.images, spec)
-    tf = TrainSampleTransform(spec, input_size=args.input_size)
     raw = ds[args.index]
     kps_sample = tf(raw, rng=np.random.default_rng(args.seed))
-    tf_dev = TrainSampleTransform(spec, input_size=args.input_size, targets_on_device=True)
+    tf_dev = copy.copy(tf)
+    tf_dev.targets_on_device = True  # same augmentation, keypoints instead of maps
     kps = tf_dev(raw, rng=np.random.default_rng(args.seed))["keypoints"].numpy()
     os.makedirs(args.out, exist_ok=True)
     for name, png in render({**kps_sample, "keypoints": kps}, spec, tf.output_stride).items():
