@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 from dekr.config import RecipeError, import_target, recipe_from_dict
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
+from dekr.data.robust import SkipBadImages
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import load_imagenet_backbone, load_official_dekr
 from dekr.module import DekrModule, load_checkpoint, spec_from_recipe
@@ -165,7 +166,8 @@ class RecipeDataModule(DekrDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit"):
-            self.train_dataset = _Transformed(self._split("train"), self.transform)
+            train = SkipBadImages(self._split("train"), self.recipe.data.max_bad_image_fraction)
+            self.train_dataset = _Transformed(train, self.transform)
         if stage in (None, "fit", "validate"):
             val = self._split("val")
             limit = self.recipe.data.max_val_images

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from dekr.cli import eval_main, predict_main, train_main
 from dekr.config import RecipeError, load_recipe
 from dekr.data.coco import COCOKeypoints
+from dekr.data.robust import SkipBadImages, TooManyBadImages
 from dekr.decoder import DEKRDecoder
 from dekr.evaluation import COCOEvaluator
 from dekr.keypoints import COCO_KEYPOINTS
@@ -271,3 +272,87 @@ def test_crowded_image_trains_and_evaluates(tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("AP ")
     ckpt = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1  # one training step on the 120-person image
+
+
+# ------------------------------------------------------------------------------ bad images
+class _Files(torch.utils.data.Dataset):
+    """Samples ``{"index": i}``; the indices in ``missing`` raise like a missing image file."""
+
+    def __init__(self, size: int, missing: set[int]) -> None:
+        self.size, self.missing = size, missing
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, int]:
+        if index in self.missing:
+            raise FileNotFoundError(f"image file not found: /data/img{index}.jpg")
+        return {"index": index}
+
+
+def test_skip_bad_images_warns_counts_and_stops() -> None:
+    ds = SkipBadImages(_Files(10, {3, 4}), max_bad_fraction=0.2)
+    with pytest.warns(UserWarning, match=r"/data/img3\.jpg \(1 of 10 bad so far, at most 2"):
+        assert ds[3] == {"index": 5}  # the next readable sample, deterministically
+    assert ds[3] == {"index": 5} and ds.num_bad == 2 and ds[9] == {"index": 9}
+    strict = SkipBadImages(_Files(10, {3, 6}), max_bad_fraction=0.1)
+    with pytest.warns(UserWarning, match="img3"):
+        assert strict[3] == {"index": 4}  # 1 bad allowed: skipped
+    with pytest.raises(TooManyBadImages, match=r"2 of 10 training images .*img6\.jpg"):
+        strict[6]
+    with pytest.raises(TooManyBadImages, match="none of the 2"):
+        with pytest.warns(UserWarning):
+            SkipBadImages(_Files(2, {0, 1}), max_bad_fraction=1.0)[0]
+
+
+def _image_folder(root: Path, images: int, broken: dict[int, str]) -> tuple[Path, Path]:
+    """``images`` one-person images; ``broken`` maps an image index to "missing" / "corrupt"."""
+    one = _coco_doc(people=1)
+    doc = {"images": [], "annotations": [], "categories": one["categories"]}
+    for i in range(images):
+        doc["images"].append({**one["images"][0], "id": i + 1, "file_name": f"{i}.jpg"})
+        doc["annotations"].append({**one["annotations"][0], "id": 100 + i, "image_id": i + 1})
+    ann, folder = _write_coco(root, doc)
+    for i, how in broken.items():
+        path = folder / f"{i}.jpg"
+        path.unlink() if how == "missing" else path.write_bytes(b"\xff\xd8 truncated")
+    return ann, folder
+
+
+@pytest.mark.integration
+def test_training_skips_a_bad_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, images = _image_folder(tmp_path / "data", 8, {2: "missing", 5: "corrupt"})
+    valid, _ = _write_coco(tmp_path / "val", _coco_doc(people=1))
+    val_images = tmp_path / "val" / "images"
+    argv = [*_coco_argv(ann, images, tmp_path / "out"), f"data.val_annotations={valid}",
+            f"data.val_images={val_images}", "data.max_bad_image_fraction=0.25"]  # fmt: skip
+    with pytest.warns(UserWarning, match="skipping an unreadable training image") as record:
+        assert train_main(argv) == 0
+    messages = " ".join(str(w.message) for w in record)
+    assert str(images / "2.jpg") in messages and str(images / "5.jpg") in messages
+    assert "2 of 8 bad so far" in messages
+
+
+@pytest.mark.integration
+def test_training_stops_past_the_bad_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ann, images = _image_folder(tmp_path / "data", 8, {1: "corrupt", 6: "missing"})
+    # the error crosses a DataLoader worker process
+    argv = [*_coco_argv(ann, images, tmp_path / "out"), "data.max_bad_image_fraction=0.1",
+            "data.num_workers=1"]  # fmt: skip
+    assert train_main(argv) == 2
+    line = _one_error_line(capsys)
+    assert "training images could not be read" in line and "max_bad_image_fraction=0.1" in line
+
+
+def test_evaluation_names_a_bad_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, images = _image_folder(tmp_path / "data", 3, {1: "corrupt"})
+    recipe = load_recipe(QUICK, _coco_argv(ann, images, tmp_path / "out")[1:])
+    plain = OmegaConf.to_container(recipe, resolve=True)
+    ckpt = _checkpoint(tmp_path / "m.ckpt", plain, plain)
+    assert eval_main([str(ckpt)]) == 2
+    assert f"cannot decode image file: {images / '1.jpg'}" in _one_error_line(capsys)
+    (images / "1.jpg").unlink()
+    assert eval_main([str(ckpt)]) == 2
+    assert f"image file not found: {images / '1.jpg'}" in _one_error_line(capsys)
