@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset, Subset
 
+from dekr.callbacks import RNGStateCallback
 from dekr.config import RecipeError, import_target, recipe_from_dict
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
@@ -208,6 +209,7 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         ),
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)),
+        RNGStateCallback(),  # resumed runs continue the random streams (dekr/callbacks.py)
     ]
     if recipe.optim.ema_decay:
         from pytorch_lightning.callbacks import EMAWeightAveraging

@@ -21,8 +21,10 @@ from dekr.data.robust import SkipBadImages, TooManyBadImages
 from dekr.decoder import DEKRDecoder
 from dekr.evaluation import COCOEvaluator
 from dekr.keypoints import COCO_KEYPOINTS
+from dekr.loss import DEKRLoss
 from dekr.module import DekrModule, load_checkpoint
 from dekr.targets import encode_targets, encode_targets_batch
+from dekr.train import AtomicCheckpointIO
 
 QUICK = REPO / "recipes" / "quickstart.yaml"
 
@@ -356,3 +358,55 @@ def test_evaluation_names_a_bad_image(tmp_path: Path, capsys: pytest.CaptureFixt
     (images / "1.jpg").unlink()
     assert eval_main([str(ckpt)]) == 2
     assert f"image file not found: {images / '1.jpg'}" in _one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------ faults
+def test_atomic_checkpoint_survives_a_crash_while_saving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io = AtomicCheckpointIO()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, last)
+
+    def crash_halfway(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a checkpoint")  # partial bytes, then the crash
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, last)
+    monkeypatch.undo()
+    kept = torch.load(last, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["state_dict"]["w"], torch.ones(3))
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, last)  # next save works
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.integration
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    epoch = {"now": 0}
+    real_forward, real_epoch_start = DEKRLoss.forward, DekrModule.on_train_epoch_start
+
+    def note_epoch(self: DekrModule) -> None:
+        epoch["now"] = self.current_epoch
+        real_epoch_start(self)
+
+    def nan_from_epoch_2(self: DEKRLoss, *args: Any) -> dict[str, torch.Tensor]:
+        losses = real_forward(self, *args)
+        return {k: v * float("nan") for k, v in losses.items()} if epoch["now"] else losses
+
+    monkeypatch.setattr(DekrModule, "on_train_epoch_start", note_epoch)
+    monkeypatch.setattr(DEKRLoss, "forward", nan_from_epoch_2)
+    out = tmp_path / "run"
+    argv = [str(QUICK), *tiny_overrides(synthetic_root, out, **{"trainer.max_epochs": 2})]
+    assert train_main(argv) == 1
+    line = _one_error_line(capsys)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] > 0  # epoch 1's checkpoint, intact
+    step = ckpt["global_step"]
+    assert f"non-finite loss at epoch 1, step {step}" in line and "max_bad_loss_batches=0" in line
+    module = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in module.state_dict().values())
