@@ -148,6 +148,7 @@ class TrainerConfig:
     benchmark: bool = True  # cudnn.benchmark, as the official training
     num_sanity_val_steps: int = 0
     max_bad_loss_batches: int = 0  # non-finite losses tolerated (skipped) before stopping
+    process_group_timeout_minutes: float = 30.0  # DDP collective timeout (torch default 30)
     log_images_every_n_epochs: int = 1
 
 

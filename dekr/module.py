@@ -7,6 +7,7 @@ accumulation belong to Lightning; nothing here calls ``torch.distributed`` direc
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -144,6 +145,14 @@ class DekrModule(pl.LightningModule):
         seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
         self.log("train/images_per_s", self._epoch_images / seconds)
         self.log("train/bad_loss_batches", float(self.bad_loss_batches))
+
+    def on_train_end(self) -> None:
+        """Under DDP, every rank prints a digest of its weights (they must all be equal)."""
+        if self.trainer.world_size > 1:
+            digest = hashlib.sha1()
+            for tensor in self.model.state_dict().values():
+                digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+            print(f"[rank {self.global_rank}] weights sha1 {digest.hexdigest()}", flush=True)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

@@ -229,7 +229,7 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=_strategy(t.strategy, t.process_group_timeout_minutes),
         precision=t.precision,
         sync_batchnorm=t.sync_batchnorm,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -250,6 +250,21 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         default_root_dir=str(output_dir),
         **extra,
     )
+
+
+def _strategy(name: str, timeout_minutes: float) -> Any:
+    """DDP with the recipe's collective timeout (a rank that dies cannot hang the others for the
+    default 30 minutes); any other strategy name goes to Lightning unchanged."""
+    if name in ("ddp", "ddp_spawn"):
+        from datetime import timedelta
+
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy(
+            start_method="popen" if name == "ddp" else "spawn",
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+    return name
 
 
 def _resume_path(resume: Optional[str], output_dir: Path) -> Optional[str]:
