@@ -150,6 +150,7 @@ class TrainerConfig:
     max_bad_loss_batches: int = 0  # non-finite losses tolerated (skipped) before stopping
     process_group_timeout_minutes: float = 30.0  # DDP collective timeout (torch default 30)
     log_images_every_n_epochs: int = 1
+    wandb_project: Optional[str] = None  # also log to Weights & Biases (pip install "dekr[wandb]")
 
 
 @dataclass

@@ -224,6 +224,10 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         TensorBoardLogger(output_dir, name="logs", version="tensorboard"),
         CSVLogger(output_dir, name="logs", version=csv_version),
     ]
+    if t.wandb_project:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(output_dir)))
     max_time = {"minutes": t.max_time_minutes} if t.max_time_minutes else None
     return pl.Trainer(
         accelerator=t.accelerator,
