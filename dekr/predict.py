@@ -157,6 +157,50 @@ def _predict_video(p: _Predictor, path: Path, out: Path, first_id: int, doc: dic
     return image_id
 
 
+class _FixedSizeONNX:
+    """An ONNX network exported with fixed sizes: batches run image by image when the graph's
+    batch is 1; another image size is a clear error."""
+
+    def __init__(self, model: Any, shape: list[Any]) -> None:
+        self.model, self.batch, self.size = model, shape[0], (shape[2], shape[3])
+
+    def eval(self) -> _FixedSizeONNX:
+        return self
+
+    def __call__(self, images: Any) -> Any:
+        import torch
+
+        h, w = images.shape[-2:]
+        if (h, w) != self.size:
+            raise ValueError(
+                f"{self.model.path} was exported for a fixed {self.size[0]}x{self.size[1]} "
+                f"input, this image needs {h}x{w}: export with --dynamic for dekr-predict"
+            )
+        if images.shape[0] == self.batch or self.batch != 1:
+            return self.model(images)
+        outputs = [self.model(image[None]) for image in images]
+        return tuple(torch.cat(maps) for maps in zip(*outputs))
+
+
+def _onnx_model(path: Path) -> Any:
+    """The network of an exported ONNX file (without decoder) as a torch-like callable."""
+    from dekr.export import ONNXPoseModel
+
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    try:
+        model = ONNXPoseModel(path)
+    except ValueError as err:
+        if "poses" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} has the decoder in the graph (--with-decoder); dekr-predict --onnx needs "
+            "an export without it (flip test, scales and pose NMS run in Python)"
+        ) from None
+    shape = model.session.get_inputs()[0].shape  # (B, 3, H, W); names where dynamic
+    return _FixedSizeONNX(model, shape) if all(isinstance(d, int) for d in shape) else model
+
+
 def predict_files(
     checkpoint: Union[str, Path],
     inputs: list[Union[str, Path]],
@@ -180,9 +224,7 @@ def predict_files(
     module = load_checkpoint(checkpoint)
     model: Any = module.model
     if onnx is not None:
-        from dekr.export import ONNXPoseModel
-
-        model = ONNXPoseModel(onnx)
+        model = _onnx_model(Path(onnx))
     d = module.recipe.decode
     p = _Predictor(
         module,
