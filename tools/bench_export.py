@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark import median_time, record  # noqa: E402
+
 from dekr.decoder import DEKRDecoder  # noqa: E402
 from dekr.export import ONNXPoseDetector, ONNXPoseModel, export_onnx  # noqa: E402
 from dekr.keypoints import COCO_KEYPOINTS  # noqa: E402
@@ -38,20 +39,9 @@ from dekr.models.dekr import build_model  # noqa: E402
 CONFIGS = (("hrnet_w32", 512), ("hrnet_w16_small", 256))
 
 
-def record(name: str, value: float, unit: str) -> dict:
-    return {"name": name, "value": round(float(value), 4), "unit": unit}
-
-
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` in milliseconds after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_time(fn, repeats, warmup)
 
 
 def bench_config(backbone: str, size: int, repeats: int, folder: Path) -> list[dict]:
