@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dekr.cli import predict_main
+from dekr.cli import eval_main, predict_main
 from dekr.models.dekr import build_model
 from dekr.models.weights import HEAD_PREFIXES, load_imagenet_backbone, load_official_dekr
 from dekr.module import load_checkpoint
@@ -94,7 +94,7 @@ def test_official_coco_round_trip(official: dict, tmp_path: Path, capsys) -> Non
         torch.testing.assert_close(a, e, atol=0, rtol=0)
 
 
-def test_official_crowdpose_predicts(official: dict, tmp_path: Path) -> None:
+def test_official_crowdpose_predicts_and_evaluates(official: dict, tmp_path: Path, capsys) -> None:
     path, state = official["crowdpose_w32"]
     out = tmp_path / "crowdpose.ckpt"
     # A key=value override lands in the stored recipe; a small input keeps W32 fast on CPU.
@@ -110,6 +110,15 @@ def test_official_crowdpose_predicts(official: dict, tmp_path: Path) -> None:
     assert [im["file_name"] for im in doc["images"]] == [image.name]
     assert len(doc["categories"][0]["keypoints"]) == 14
     assert all(len(a["keypoints"]) == 14 * 3 for a in doc["annotations"])
+    sample = SHARED_DATA / "crowdpose_sample"
+    argv = [
+        str(out), f"data.val_images={sample / 'images'}", "data.num_workers=0",
+        f"data.val_annotations={sample / 'annotations' / 'crowdpose_sample.json'}",
+        "data.persistent_workers=false", "data.pin_memory=false", "trainer.accelerator=cpu",
+        "--results", str(tmp_path / "results.json"),
+    ]  # fmt: skip
+    assert eval_main(argv) == 0
+    assert "AP" in capsys.readouterr().out and (tmp_path / "results.json").is_file()
 
 
 def test_recipe_option_and_mismatches(official: dict, tmp_path: Path, capsys) -> None:
