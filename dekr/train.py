@@ -203,8 +203,16 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
             filename="best",
             monitor="val/AP",
             mode="max",
-            save_last=True,
             save_top_k=1,
+            enable_version_counter=False,
+        ),
+        # last.ckpt after every epoch. (save_last=True above would rewrite it only when val/AP
+        # improves, leaving resume=auto an old epoch to continue from.)
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="last",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
         LearningRateMonitor(logging_interval="step"),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +416,59 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert f"non-finite loss at epoch 1, step {step}" in line and "max_bad_loss_batches=0" in line
     module = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in module.state_dict().values())
+
+
+# ------------------------------------------------------------------------------ kill -9 + resume
+def _train_command(root: Path, out: Path, *extra: str) -> list[str]:
+    """``dekr-train`` on the tiny deterministic setup (one DataLoader worker, 2 epochs)."""
+    exe = Path(sys.executable).with_name("dekr-train")
+    items = {"trainer.max_epochs": 2, "trainer.deterministic": "true", "seed": 7,
+             "data.synthetic.train_images": 40, "data.num_workers": 1}  # fmt: skip
+    prefix = [str(exe)] if exe.is_file() else [sys.executable, "-c", _TRAIN_MAIN]
+    return [*prefix, str(QUICK), *tiny_overrides(root, out, **items), *extra]
+
+
+_TRAIN_MAIN = "import sys; from dekr.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
+
+
+def _final_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _kill_during_epoch_2(command: list[str], last: Path, env: dict[str, str]) -> int:
+    """Start ``command``, SIGKILL it as soon as epoch 1's ``last.ckpt`` exists; its epoch."""
+    with open(last.parent.parent.with_name("killed.log"), "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # into epoch 2
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    progress = last.parent.parent.with_name("killed.log").read_text(errors="replace")
+    assert "Epoch 1:" in progress  # the progress bar of epoch 2 had started
+    return int(torch.load(last, weights_only=True)["epoch"])
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "syn"
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run = functools.partial(subprocess.run, env=env, timeout=300, capture_output=True, text=True)
+    done = run(_train_command(root, whole))
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = broken / "checkpoints" / "last.ckpt"
+    assert _kill_during_epoch_2(_train_command(root, broken), last, env) == 0  # epoch 1 kept
+    resumed = run(_train_command(root, broken, "resume=auto"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _final_state(whole), _final_state(broken)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == [], different[:5]
+    ends = [torch.load(o / "checkpoints" / "last.ckpt", weights_only=True) for o in (whole, broken)]
+    assert [e["epoch"] for e in ends] == [1, 1]  # last.ckpt is rewritten every epoch
+    assert ends[0]["global_step"] == ends[1]["global_step"] > 0
