@@ -292,10 +292,14 @@ def _offsets_torch(kps, ok_bnk, centres, size, h, w, radius):
     ct = torch.floor(centres + 0.5).long()
     ct = torch.stack([ct[..., 0].clamp(0, w - 1), ct[..., 1].clamp(0, h - 1)], -1)  # (B, N, 2)
     px = (
-        (ct[..., None, 0:1] + d[None, None, None, :]).expand(b, n, len(d), len(d)).reshape(b, n, -1)
+        (ct[..., None, 0:1] + d[None, None, None, :])
+        .expand(b, n, len(d), len(d))
+        .reshape(b, n, len(d) ** 2)
     )
     py = (
-        (ct[..., None, 1:2] + d[None, None, :, None]).expand(b, n, len(d), len(d)).reshape(b, n, -1)
+        (ct[..., None, 1:2] + d[None, None, :, None])
+        .expand(b, n, len(d), len(d))
+        .reshape(b, n, len(d) ** 2)
     )
     pix_ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)  # (B, N, P)
     ok = ok_bnk[..., None] & pix_ok[:, :, None, :]  # (B, N, K, P)
