@@ -216,8 +216,8 @@ class DEKRDecoder:
         pool_thresholds: map sizes (mean of h, w) above which the centre NMS kernel grows from
             3 to 5 and from 5 to 7 (TEST.POOL_THRESHOLD2, POOL_THRESHOLD1).
         scale_decrease: factor on the renormalised scores of scales ≠ 1 (TEST.DECREASE).
-        match_heatmaps: snap joints to heatmap maxima and refine them (TEST.MATCH_HMP), see
-            :func:`dekr.decoder_match.match_poses_to_heatmaps` (not available in this version).
+        match_heatmaps: snap the kept poses' joints to heatmap maxima and refine them
+            (TEST.MATCH_HMP), see :func:`dekr.matching.match_poses_to_heatmaps`.
         stride: input pixels per output pixel.
         rescorer: optional callable ``(keypoints (N, K, 3) original px, scores (N,)) → scores``
             applied by :mod:`dekr.inference` after the inverse resize.
@@ -237,8 +237,6 @@ class DEKRDecoder:
         stride: int = 4,
         rescorer: Optional[object] = None,
     ) -> None:
-        if match_heatmaps:
-            raise NotImplementedError("match_heatmaps=True is not implemented yet; use False")
         self.spec = spec
         self.max_people = int(max_people)
         self.center_threshold = float(center_threshold)
@@ -326,4 +324,19 @@ class DEKRDecoder:
                 keep_t = keep_t[top]
             kpts = torch.cat([poses[b, keep_t], joint_scores[b, keep_t, :, None]], dim=-1)
             results.append({"keypoints": kpts, "scores": kpts[..., 2].mean(-1)})
+        if self.match_heatmaps:
+            self._match(results, scale_maps, ref)
         return results
+
+    def _match(self, results: list[dict[str, Tensor]], maps: Sequence[ScaleMaps], ref: int) -> None:
+        """Heatmap matching of the kept poses, in place; scores stay as they are."""
+        from dekr.matching import average_heatmaps, match_poses_to_heatmaps  # builds on this module
+
+        scales = [m.scale for m in maps]
+        avg = average_heatmaps([m.heatmaps for m in maps], [m.sizes for m in maps], scales,
+                               stride=self.stride)  # fmt: skip
+        for b, res in enumerate(results):
+            h, w = maps[ref].sizes[b].tolist()
+            res["keypoints"] = match_poses_to_heatmaps(
+                res["keypoints"], avg[b, :, :h, :w], stride=self.stride / scales[ref]
+            )

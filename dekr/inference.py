@@ -24,6 +24,7 @@ linearly interpolated, the pose map takes the nearest pixel. The default 0 is a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
@@ -104,42 +105,92 @@ def _batch(images: Sequence[np.ndarray], device: torch.device) -> tuple[Tensor, 
     return batch, sizes
 
 
-def _flip_inputs(batch: Tensor, widths: Tensor, shift: int) -> Tensor:
-    """Mirror every image within its true width, shifted left by ``shift`` px (official)."""
-    x = torch.arange(batch.shape[-1], device=batch.device)[None]
-    w = widths[:, None]
-    src = torch.where(x < w - shift, w - 1 - shift - x, torch.where(x < w, w - 1 - x, x))
-    if bool((src == src[:1]).all()):  # one width for all: a single column selection
-        return batch.index_select(3, src[0])
-    index = src[:, None, None, :].expand(-1, batch.shape[1], batch.shape[2], -1)
-    return batch.gather(3, index)
+def _flip_inputs(batch: Tensor, widths: Tensor, shift: int, *, inplace: bool = False) -> Tensor:
+    """Mirror every image within its true width, shifted left by ``shift`` px (official).
+
+    Column ``x`` of image b reads ``w_b − 1 − shift − x`` for ``x < w_b − shift``, ``w_b − 1 − x``
+    for the last ``shift`` columns, and itself in the padding. Slices and per-image flips only:
+    a gather along the width costs several times more on CPU, and with ``inplace`` the batch is
+    overwritten instead of allocating another one (fresh large buffers page-fault on first use).
+    """
+    out = batch if inplace else torch.empty_like(batch)
+    for b, w in enumerate(widths.tolist()):
+        cut = max(w - shift, 0)
+        out[b, ..., cut:w] = batch[b, ..., : w - cut].flip(-1)  # before its source is overwritten
+        out[b, ..., :cut] = batch[b, ..., :cut].flip(-1)
+        if not inplace:
+            out[b, ..., w:] = batch[b, ..., w:]
+    return out
+
+
+def _reverse_into(out: Tensor, src: Tensor, center: int) -> None:
+    """``out[..., u] = src[..., clamp(center − u, 0, n − 1)]`` for an integer centre, n = src width.
+
+    out (..., w_out) and src (..., n) share their leading shape; written with three slice copies.
+    """
+    w_out, n = out.shape[-1], src.shape[-1]
+    left = min(max(center - (n - 1), 0), w_out)  # [0, left) read the last source column
+    right = min(max(center + 1, left), w_out)  # [right, w_out) read the first one
+    if left > 0:
+        out[..., :left] = src[..., n - 1 :]
+    if right > left:
+        out[..., left:right] = src[..., center - right + 1 : center - left + 1].flip(-1)
+    if right < w_out:
+        out[..., right:] = src[..., :1]
 
 
 def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor, nearest: bool) -> Tensor:
     """``out[..., u] = maps[..., c − u]`` along the last axis, per image; linear or nearest.
 
-    maps: (B, ..., w) with the width last; centers (B,) float; widths (B,) true map widths.
+    Source positions are clamped to the image's true width. maps: (B, ..., w) with the width
+    last; centers (B,) float; widths (B,) true map widths. ``c − u`` has the same fraction for
+    every u, so each image is one or two reversed slices (a gather only for the ambiguous
+    nearest case of fraction ½, where ``torch.round`` rounds half to even).
     """
-    b, w = maps.shape[0], maps.shape[-1]
-    u = torch.arange(w, device=maps.device, dtype=centers.dtype)[None]
-    src = centers[:, None] - u
-    if nearest:
-        src = torch.round(src)
-    lo = src.floor()
-    frac = (src - lo).to(maps.dtype)
-    hi_w = widths[:, None].to(src.dtype) - 1
-    view = (b,) + (1,) * (maps.dim() - 2) + (w,)
+    out = torch.empty_like(maps)
+    for b, (c, w) in enumerate(zip(centers.tolist(), widths.tolist())):
+        src = maps[b, ..., :w]
+        lo = math.floor(c)
+        frac = c - lo
+        if nearest and frac == 0.5:
+            u = torch.arange(maps.shape[-1], device=maps.device, dtype=centers.dtype)
+            idx = torch.round(c - u).clamp(0, w - 1).long()
+            out[b] = maps[b].index_select(-1, idx)
+            continue
+        if nearest:
+            lo, frac = lo + int(frac > 0.5), 0.0
+        _reverse_into(out[b], src, lo)
+        if frac:
+            upper = torch.empty_like(out[b])
+            _reverse_into(upper, src, lo + 1)
+            out[b].mul_(1 - frac).add_(upper, alpha=frac)
+    return out
 
-    def take(idx: Tensor) -> Tensor:
-        idx = torch.minimum(idx.clamp(min=0), hi_w).long()
-        if bool((idx == idx[:1]).all()):  # same width and centre for all images
-            return maps.index_select(-1, idx[0])
-        return maps.gather(-1, idx.reshape(view).expand_as(maps))
 
-    out = take(lo)
-    if nearest or not bool((frac != 0).any()):
-        return out
-    return out * (1 - frac.reshape(view)) + take(lo + 1) * frac.reshape(view)
+def _average_flip(
+    heatmaps: Tensor, offsets: Tensor, heat_f: Tensor, off_f: Tensor, *,
+    spec: KeypointSpec, centers: Tensor, widths: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Average the direct pass with the mirrored-back flipped pass (see the module docstring).
+
+    The flipped pass's pose at pixel u has joint x = c − n(u) + off_m, with n(u) the mirrored
+    pixel read; averaged with u − off, as an offset: (off − off_m + u − c + n(u)) / 2, and y:
+    (off + off_m) / 2. Channels are permuted by accumulating into the flip partner
+    (``index_add``; the flip permutations are involutions). Model outputs are not modified.
+    """
+    perm = torch.tensor(spec.flip_index_with_center, device=heatmaps.device)
+    heat_m = _mirror_maps(heat_f, centers, widths, nearest=False)
+    heatmaps = torch.index_add(heatmaps, 1, perm, heat_m).mul_(0.5)
+    b, c2, h, w = off_f.shape
+    u = torch.arange(w, device=centers.device, dtype=centers.dtype)[None]
+    n = torch.minimum(torch.round(centers[:, None] - u).clamp(min=0), widths[:, None] - 1)
+    corr = (u - centers[:, None] + n)[:, None, None, :]  # (B, 1, 1, w)
+    off_m = _mirror_maps(off_f, centers, widths, nearest=True)
+    off_x = off_m.view(b, c2 // 2, 2, h, w)[:, :, 0]
+    off_x.neg_().add_(corr)
+    chans = torch.tensor([[2 * j, 2 * j + 1] for j in spec.flip_index], device=heatmaps.device)
+    offsets = torch.index_add(offsets, 1, chans.flatten(), off_m).mul_(0.5)
+    return heatmaps, offsets
 
 
 def forward_scale(
@@ -152,28 +203,25 @@ def forward_scale(
     flip: bool,
     flip_shift: int = 3,
     stride: int = 4,
+    reuse_input: bool = False,
 ) -> ScaleMaps:
-    """Network pass(es) at one scale: heatmaps and offsets, flip-averaged (poses averaged)."""
+    """Network pass(es) at one scale: heatmaps and offsets, flip-averaged (poses averaged).
+
+    Args:
+        batch: (B, 3, H, W) normalised, zero-padded images; sizes: (B, 2) their true (h, w).
+        reuse_input: with ``flip``, overwrite ``batch`` by its mirror for the second pass
+            instead of allocating a flipped copy (the caller must not use ``batch`` afterwards).
+    """
     heatmaps, offsets = model(batch)
     heatmaps, offsets = heatmaps.float(), offsets.float()
     map_sizes = (sizes + stride - 1) // stride
     if flip:
-        heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift))
-        widths = map_sizes[:, 1]
+        heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift, inplace=reuse_input))
         c = (sizes[:, 1].to(heatmaps.dtype) - 1 - flip_shift) / stride
-        heat_f = _mirror_maps(heat_f.float()[:, spec.flip_index_with_center], c, widths,
-                              nearest=False)  # fmt: skip
-        chans = torch.tensor([[2 * j, 2 * j + 1] for j in spec.flip_index], device=c.device)
-        off_m = _mirror_maps(off_f.float()[:, chans.flatten()], c, widths, nearest=True)
-        # Flipped-pass pose at pixel u: joint x = c − n(u) + off_m, with n(u) the mirrored pixel
-        # read; averaged with u − off, as an offset: (off − off_m + u − c + n(u)) / 2.
-        u = torch.arange(offsets.shape[-1], device=c.device, dtype=c.dtype)[None]
-        n = torch.minimum(torch.round(c[:, None] - u).clamp(min=0), widths[:, None] - 1)
-        corr = (u - c[:, None] + n)[:, None, None, :]
-        off_x = (offsets[:, 0::2] - off_m[:, 0::2] + corr) / 2
-        off_y = (offsets[:, 1::2] + off_m[:, 1::2]) / 2
-        offsets = torch.stack([off_x, off_y], dim=2).flatten(1, 2)
-        heatmaps = (heatmaps + heat_f) / 2
+        heatmaps, offsets = _average_flip(
+            heatmaps, offsets, heat_f.float(), off_f.float(),
+            spec=spec, centers=c, widths=map_sizes[:, 1],
+        )  # fmt: skip
     return ScaleMaps(heatmaps=heatmaps, offsets=offsets, sizes=map_sizes, scale=scale)
 
 
@@ -214,8 +262,10 @@ def predict_poses(
             for im in images
         ]
         batch, sizes = _batch(resized, device)
-        maps.append(forward_scale(model, batch, sizes, spec=spec, scale=s, flip=flip,
-                                  flip_shift=flip_shift, stride=stride))  # fmt: skip
+        maps.append(
+            forward_scale(model, batch, sizes, spec=spec, scale=s, flip=flip,
+                          flip_shift=flip_shift, stride=stride, reuse_input=True)
+        )  # fmt: skip
     results = []
     for det, t in zip(decoder.decode(maps), base):
         kpts = det["keypoints"].double().cpu()

@@ -1,15 +1,19 @@
 """Decoding speed: flip averaging, centre NMS, pose NMS and inverse resize, network excluded.
 
-    python tools/bench_decode.py
+    python tools/bench_decode.py [--repeats 15] [--match-heatmaps]
 
 A 640×480 image at input size 512 (input 704×512, maps 176×128), single scale with flip test;
 the "network" returns pre-computed maps (encoded from 5 / 15 / 30 synthetic people), so the time
-covers the flipped input, flip-back and averaging of maps, decoding and the inverse transform.
-Prints one JSON list of ``{"name", "value", "unit"}`` records, ms per image.
+covers the flipped input, flip-back and averaging of maps, decoding and the inverse transform,
+as :func:`dekr.inference.predict_poses` runs them (the input batch is reused for the flipped pass).
+Prints one JSON list of ``{"name", "value", "unit"}`` records, ms per image: the median wall time
+and, as ``….cpu``, the median process CPU time (less sensitive to other processes on a loaded
+machine; with several threads it adds their times up).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -23,6 +27,7 @@ from dekr.targets import encode_targets
 
 
 def _maps(people: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded targets of ``people`` random people plus noise: (K+1, h, w), (2K, h, w)."""
     rng = np.random.default_rng(seed)
     centers = rng.uniform([15, 20], [w - 15, h - 20], size=(people, 1, 2))
     kps = centers + rng.normal(0, 6, size=(people, 17, 2))
@@ -32,8 +37,10 @@ def _maps(people: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, tor
     return torch.from_numpy(t["heatmaps"]) + noise, torch.from_numpy(t["offsets"])
 
 
-def _time_decode(people: int, batch: int, repeats: int) -> float:
-    """Median ms per image."""
+def _time_decode(
+    people: int, batch: int, repeats: int, match_heatmaps: bool = False
+) -> tuple[float, float]:
+    """Median (wall, CPU) ms per image."""
     spec = COCO_KEYPOINTS
     t = eval_transform(480, 640, 512)
     w_in, h_in = t.size
@@ -41,32 +48,43 @@ def _time_decode(people: int, batch: int, repeats: int) -> float:
     heat, off = heat[None].repeat(batch, 1, 1, 1), off[None].repeat(batch, 1, 1, 1)
     images = torch.zeros(batch, 3, h_in, w_in)
     sizes = torch.tensor([[h_in, w_in]] * batch)
-    decoder = DEKRDecoder(spec)
-    model = lambda x: (heat, off)
-    times = []
+    decoder = DEKRDecoder(spec, match_heatmaps=match_heatmaps)
+
+    def model(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return heat, off
+
+    walls, cpus = [], []
     for _ in range(repeats + 1):
-        start = time.perf_counter()
-        maps = forward_scale(model, images, sizes, spec=spec, scale=1.0, flip=True)
+        start, cpu = time.perf_counter(), time.process_time()
+        maps = forward_scale(model, images, sizes, spec=spec, scale=1.0, flip=True,
+                             reuse_input=True)  # fmt: skip
         for det in decoder.decode([maps]):
             det["keypoints"][..., :2] = t.to_original(det["keypoints"][..., :2])
-        times.append((time.perf_counter() - start) * 1000 / batch)
-    return float(np.median(times[1:]))
+        walls.append((time.perf_counter() - start) * 1000 / batch)
+        cpus.append((time.process_time() - cpu) * 1000 / batch)
+    return float(np.median(walls[1:])), float(np.median(cpus[1:]))
 
 
-def run_decode(repeats: int = 5) -> list[dict]:
-    """Benchmark records ``decode.640x480.flip.people{N}.t{threads}.b{batch}`` in ms/image."""
+def run_decode(repeats: int = 15, match_heatmaps: bool = False) -> list[dict]:
+    """Records ``decode.640x480.flip[.match].people{N}.t{threads}.b{batch}[.cpu]`` in ms/image."""
     records = []
     default_threads = torch.get_num_threads()
-    for threads, tag in ((1, "t1"), (default_threads, f"t{default_threads}")):
+    tag_match = ".match" if match_heatmaps else ""
+    for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
         for people in (5, 15, 30):
             for batch in (1, 8):
-                value = _time_decode(people, batch, repeats)
-                name = f"decode.640x480.flip.people{people}.{tag}.b{batch}"
-                records.append({"name": name, "value": round(value, 3), "unit": "ms"})
+                wall, cpu = _time_decode(people, batch, repeats, match_heatmaps)
+                name = f"decode.640x480.flip{tag_match}.people{people}.t{threads}.b{batch}"
+                records.append({"name": name, "value": round(wall, 3), "unit": "ms"})
+                records.append({"name": name + ".cpu", "value": round(cpu, 3), "unit": "ms"})
     torch.set_num_threads(default_threads)
     return records
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_decode(), indent=1))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--match-heatmaps", action="store_true", help="decode.match_heatmaps")
+    args = parser.parse_args()
+    print(json.dumps(run_decode(args.repeats, args.match_heatmaps), indent=1))
