@@ -170,3 +170,34 @@ def test_model_impls_agree_end_to_end() -> None:
 def test_bad_impl_is_clear() -> None:
     with pytest.raises(ValueError, match="adaptive conv impl 'dcn' unknown"):
         build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl="dcn")
+
+
+def _deforming(model: torch.nn.Module) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, AdaptBlock):
+            torch.nn.init.normal_(m.transform_matrix_conv.weight, std=0.3)
+            torch.nn.init.normal_(m.translation_conv.weight, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("impl", ["deform", "grid_sample"])
+@pytest.mark.parametrize("train", [True, False])
+def test_grouped_offset_branches_equal_per_branch(impl: str, train: bool) -> None:
+    """The grouped offset head gives the same maps, gradients and BN statistics as the loop."""
+    torch.manual_seed(0)
+    a = _deforming(build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl=impl)).double()
+    b = build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl=impl).double()
+    b.load_state_dict(a.state_dict())
+    b.grouped_offsets = False
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    outs = []
+    for model in (a, b):
+        model.train(train)
+        heatmaps, offsets = model(x)
+        (heatmaps.square().sum() + offsets.square().sum()).backward()
+        outs.append(offsets)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+    for (name, ba), bb in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(ba, bb, msg=name)

@@ -16,13 +16,22 @@ Both read the same parameters (``adapt_conv.weight`` of shape (C_out, C_in, 3, 3
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-__all__ = ["AdaptiveConv", "AdaptBlock", "resolve_impl", "ADAPTIVE_IMPLS"]
+__all__ = [
+    "AdaptiveConv",
+    "AdaptBlock",
+    "adaptive_conv",
+    "grouped_adapt_blocks",
+    "can_group",
+    "resolve_impl",
+    "ADAPTIVE_IMPLS",
+]
 
 ADAPTIVE_IMPLS = ("auto", "deform", "grid_sample")
 
@@ -55,6 +64,45 @@ def sample_taps(x: Tensor, positions: Tensor) -> Tensor:
     return taps.reshape(b, c * 9, h, w)
 
 
+_TAPS = ((-1, -1, -1, 0, 0, 0, 1, 1, 1), (-1, 0, 1, -1, 0, 1, -1, 0, 1))  # rows dy, dx
+
+
+def adaptive_conv(
+    x: Tensor,
+    matrix: Tensor,
+    translation: Tensor,
+    weight: Tensor,
+    *,
+    impl: str = "auto",
+    groups: int = 1,
+) -> Tensor:
+    """Adaptive 3x3 convolution of ``groups`` independent channel groups in one call.
+
+    Args:
+        x: (B, G·C, H, W) features; group g owns channels [gC, (g+1)C).
+        matrix: (B, G·4, H, W), per group the row-major 2x2 matrix M acting on (dy, dx).
+        translation: (B, G·2, H, W), per group (t_y, t_x).
+        weight: (G·C_out, C, 3, 3), group g's kernel in rows [g·C_out, (g+1)·C_out).
+
+    Returns:
+        (B, G·C_out, H, W).
+    """
+    b, _, h, w = x.shape
+    g = groups
+    r = torch.tensor(_TAPS, dtype=x.dtype, device=x.device)  # (2, 9)
+    m = matrix.reshape(b, g, 2, 2, h, w)
+    # displacement of tap k: M·r_k + t  -> (B, G, 9, 2, H, W)
+    disp = torch.einsum("bgijhw,jk->bgkihw", m, r) + translation.reshape(b, g, 1, 2, h, w)
+    if resolve_impl(impl, x.device) == "deform":
+        offsets = disp - r.t().reshape(1, 1, 9, 2, 1, 1)  # deform_conv2d adds the grid itself
+        return deform_conv2d(x, offsets.reshape(b, g * 18, h, w), weight, padding=(1, 1))
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
+    positions = disp.reshape(b * g, 9, 2, h, w) + torch.stack(torch.broadcast_tensors(ys, xs), 2)
+    taps = sample_taps(x.reshape(b * g, -1, h, w), positions).reshape(b, -1, h, w)
+    return F.conv2d(taps, weight.reshape(weight.shape[0], -1, 1, 1), groups=g)
+
+
 class AdaptiveConv(nn.Module):
     """3x3 convolution whose taps are moved by a per-pixel affine transform (no bias)."""
 
@@ -66,26 +114,10 @@ class AdaptiveConv(nn.Module):
         # torchvision's DeformConv2d initialisation; the official init_weights leaves it alone
         # (it only re-initialises nn.Conv2d modules).
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        grid = torch.tensor([[-1, -1, -1, 0, 0, 0, 1, 1, 1], [-1, 0, 1, -1, 0, 1, -1, 0, 1]])
-        self.register_buffer("_taps", grid.float(), persistent=False)
 
     def forward(self, x: Tensor, matrix: Tensor, translation: Tensor) -> Tensor:
         """``x`` (B, C, H, W), ``matrix`` (B, 4, H, W) row-major M, ``translation`` (B, 2, H, W)."""
-        b, _, h, w = x.shape
-        m = matrix.reshape(b, 2, 2, h, w)
-        r = self._taps.to(x.dtype)  # (2, 9): rows dy, dx
-        # displacement of tap k: M·r_k + t  -> (B, 9, 2, H, W)
-        disp = torch.einsum("bijhw,jk->bkihw", m, r) + translation.unsqueeze(1)
-        impl = resolve_impl(self.impl, x.device)
-        if impl == "deform":
-            offsets = disp - r.t().reshape(1, 9, 2, 1, 1)  # deform_conv2d adds the grid itself
-            return deform_conv2d(x, offsets.reshape(b, 18, h, w), self.weight, padding=(1, 1))
-        ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
-        xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
-        positions = disp + torch.stack(torch.broadcast_tensors(ys, xs), dim=2)  # (1, 1, 2, H, W)
-        taps = sample_taps(x, positions)
-        weight = self.weight.reshape(self.weight.shape[0], -1, 1, 1)
-        return F.conv2d(taps, weight)
+        return adaptive_conv(x, matrix, translation, self.weight, impl=self.impl)
 
 
 class AdaptBlock(nn.Module):
@@ -97,9 +129,8 @@ class AdaptBlock(nn.Module):
 
     def __init__(self, channels: int, impl: str = "auto") -> None:
         super().__init__()
-        grid = torch.tensor([[-1, -1, -1, 0, 0, 0, 1, 1, 1], [-1, 0, 1, -1, 0, 1, -1, 0, 1]])
         # Kept as a persistent buffer: official checkpoints contain it.
-        self.register_buffer("regular_matrix", grid.float())
+        self.register_buffer("regular_matrix", torch.tensor(_TAPS, dtype=torch.float32))
         self.transform_matrix_conv = nn.Conv2d(channels, 4, 3, 1, 1, bias=True)
         self.translation_conv = nn.Conv2d(channels, 2, 3, 1, 1, bias=True)
         self.adapt_conv = AdaptiveConv(channels, channels, impl)
@@ -109,3 +140,50 @@ class AdaptBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.adapt_conv(x, self.transform_matrix_conv(x), self.translation_conv(x))
         return self.relu(self.bn(out) + x)
+
+
+def _cat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat(list(tensors))
+
+
+def _grouped_batch_norm(bns: Sequence[nn.BatchNorm2d], x: Tensor) -> Tensor:
+    """The BatchNorms of ``len(bns)`` channel groups as one call, running statistics included."""
+    first = bns[0]
+    mean, var = _cat([bn.running_mean for bn in bns]), _cat([bn.running_var for bn in bns])
+    weight, bias = _cat([bn.weight for bn in bns]), _cat([bn.bias for bn in bns])
+    out = F.batch_norm(x, mean, var, weight, bias, first.training, first.momentum, first.eps)
+    if first.training:  # F.batch_norm updated the concatenated copies: write them back
+        with torch.no_grad():
+            for bn, m, v in zip(bns, mean.chunk(len(bns)), var.chunk(len(bns))):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+                bn.num_batches_tracked.add_(1)
+    return out
+
+
+def can_group(blocks: Sequence[AdaptBlock]) -> bool:
+    """Whether :func:`grouped_adapt_blocks` reproduces these blocks (plain BatchNorm2d with
+    running statistics and a fixed momentum; SyncBatchNorm needs the per-block path)."""
+    return all(
+        type(b.bn) is nn.BatchNorm2d and b.bn.track_running_stats and b.bn.momentum is not None
+        for b in blocks
+    )
+
+
+def grouped_adapt_blocks(blocks: Sequence[AdaptBlock], x: Tensor) -> Tensor:
+    """Block k applied to channels [kC, (k+1)C) of ``x`` (B, K·C, H, W), all in grouped calls.
+
+    Same parameters, same result and same running-statistics updates as running the K blocks one
+    by one, with ~K times fewer operator calls (the per-keypoint offset branches of DEKR).
+    """
+    g = len(blocks)
+    convs = [(b.transform_matrix_conv, b.translation_conv) for b in blocks]
+    matrix = F.conv2d(
+        x, _cat([t.weight for t, _ in convs]), _cat([t.bias for t, _ in convs]), padding=1, groups=g
+    )
+    shift = F.conv2d(
+        x, _cat([s.weight for _, s in convs]), _cat([s.bias for _, s in convs]), padding=1, groups=g
+    )
+    weight = _cat([b.adapt_conv.weight for b in blocks])
+    out = adaptive_conv(x, matrix, shift, weight, impl=blocks[0].adapt_conv.impl, groups=g)
+    return torch.relu(_grouped_batch_norm([b.bn for b in blocks], out) + x)

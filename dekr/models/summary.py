@@ -36,12 +36,17 @@ def count_multiply_adds(model: nn.Module, input_size: tuple[int, int]) -> int:
         if isinstance(m, (nn.Conv2d, nn.Linear, AdaptiveConv))
     ]
     was_training = model.training
+    grouped = getattr(model, "grouped_offsets", None)
     try:
         model.eval()
+        if grouped is not None:
+            model.grouped_offsets = False  # count the branches module by module
         param = next(model.parameters())
         model(torch.zeros(1, 3, *input_size, dtype=param.dtype, device=param.device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+        if grouped is not None:
+            model.grouped_offsets = grouped
     return total
