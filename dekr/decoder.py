@@ -42,12 +42,19 @@ class ScaleMaps:
             the pose of the person centred at pixel p is ``p − offsets[:, :, p]``.
         sizes: (B, 2) long, true (unpadded) map size (h_b, w_b) of every image.
         scale: test scale factor s (the input short side is ``input_size · s``).
+        flip_offsets: optional (B, 2K, h, w) offsets of the flip-test pass as the network gave
+            them (not mirrored back). Then ``offsets`` holds the direct pass only and the decoder
+            averages the two poses at the candidate pixels alone (see :mod:`dekr.inference`).
+        flip_centers: (B,) float, with ``flip_offsets``: pixel u of the flipped pass shows output
+            coordinate ``c − u`` of the image.
     """
 
     heatmaps: Tensor
     offsets: Tensor
     sizes: Tensor
     scale: float = 1.0
+    flip_offsets: Optional[Tensor] = None
+    flip_centers: Optional[Tensor] = None
 
 
 def offsets_to_poses(offsets: Tensor) -> Tensor:
@@ -268,9 +275,31 @@ class DEKRDecoder:
         b, c, h, w = maps.offsets.shape
         idx = indices[:, None, :].expand(-1, c, -1)
         off = maps.offsets.flatten(2).gather(2, idx).transpose(1, 2).reshape(b, -1, c // 2, 2)
+        if maps.flip_offsets is not None:
+            off = self._average_flip(maps, indices, off)
         pixel = torch.stack([indices % w, indices // w], dim=-1).to(off.dtype)  # (B, M, 2)
         poses = pixel[:, :, None, :] - off  # only the candidates' poses are formed
         return poses * (self.stride / maps.scale), scores, valid
+
+    def _average_flip(self, maps: ScaleMaps, indices: Tensor, off: Tensor) -> Tensor:
+        """Direct-pass offsets (B, M, K, 2) at candidate pixels averaged with the flipped pass.
+
+        The flipped pass's pose at pixel u is read at its mirrored pixel n(u) = round(c − u)
+        (clamped to the image): joint x = c − n(u) + off_f, permuted by ``spec.flip_index``.
+        Averaged with u − off, as an offset: x (off − off_f + u − c + n(u)) / 2 and
+        y (off + off_f) / 2; the same values as mirroring the whole pose map back first.
+        """
+        b, c2, h, w = maps.offsets.shape
+        u = (indices % w).to(off.dtype)
+        c = maps.flip_centers.to(off.dtype)[:, None]
+        last = (maps.sizes[:, 1, None] - 1).to(off.dtype)
+        n = torch.minimum(torch.round(c - u).clamp(min=0), last)  # (B, M)
+        src = (indices // w) * w + n.long()
+        flip = torch.tensor(self.spec.flip_index, device=off.device)
+        flipped = maps.flip_offsets.flatten(2).gather(2, src[:, None, :].expand(-1, c2, -1))
+        flipped = flipped.transpose(1, 2).reshape(b, -1, c2 // 2, 2)[:, :, flip]  # (B, M, K, 2)
+        x = (off[..., 0] - flipped[..., 0] + (u - c + n)[..., None]) / 2
+        return torch.stack([x, (off[..., 1] + flipped[..., 1]) / 2], dim=-1)
 
     def _renormalise(self, scores: list[Tensor], valid: list[Tensor], ref: int) -> None:
         """Official multi-scale rule: score · max(scale-1 scores) / max(this scale) · decrease."""

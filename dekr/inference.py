@@ -20,6 +20,8 @@ permuted by ``spec.flip_index`` and mirrored as ``x ← c − x`` (exact for any
 ``c``. With ``flip_shift = stride − 1`` (3, official checkpoints) ``c`` is an integer and the maps
 are mirrored exactly, as officially. Other shifts need a sub-pixel resample: heatmaps are
 linearly interpolated, the pose map takes the nearest pixel. The default 0 is a plain mirror.
+Only the heatmaps are mirrored in full: the flipped pass's pose map goes to the decoder as it is
+(``ScaleMaps.flip_offsets``), which averages the poses at its centre candidates alone.
 """
 
 from __future__ import annotations
@@ -167,32 +169,6 @@ def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor, nearest: bool) -
     return out
 
 
-def _average_flip(
-    heatmaps: Tensor, offsets: Tensor, heat_f: Tensor, off_f: Tensor, *,
-    spec: KeypointSpec, centers: Tensor, widths: Tensor,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Average the direct pass with the mirrored-back flipped pass (see the module docstring).
-
-    The flipped pass's pose at pixel u has joint x = c − n(u) + off_m, with n(u) the mirrored
-    pixel read; averaged with u − off, as an offset: (off − off_m + u − c + n(u)) / 2, and y:
-    (off + off_m) / 2. Channels are permuted by accumulating into the flip partner
-    (``index_add``; the flip permutations are involutions). Model outputs are not modified.
-    """
-    perm = torch.tensor(spec.flip_index_with_center, device=heatmaps.device)
-    heat_m = _mirror_maps(heat_f, centers, widths, nearest=False)
-    heatmaps = torch.index_add(heatmaps, 1, perm, heat_m).mul_(0.5)
-    b, c2, h, w = off_f.shape
-    u = torch.arange(w, device=centers.device, dtype=centers.dtype)[None]
-    n = torch.minimum(torch.round(centers[:, None] - u).clamp(min=0), widths[:, None] - 1)
-    corr = (u - centers[:, None] + n)[:, None, None, :]  # (B, 1, 1, w)
-    off_m = _mirror_maps(off_f, centers, widths, nearest=True)
-    off_x = off_m.view(b, c2 // 2, 2, h, w)[:, :, 0]
-    off_x.neg_().add_(corr)
-    chans = torch.tensor([[2 * j, 2 * j + 1] for j in spec.flip_index], device=heatmaps.device)
-    offsets = torch.index_add(offsets, 1, chans.flatten(), off_m).mul_(0.5)
-    return heatmaps, offsets
-
-
 def forward_scale(
     model: Model,
     batch: Tensor,
@@ -218,10 +194,13 @@ def forward_scale(
     if flip:
         heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift, inplace=reuse_input))
         c = (sizes[:, 1].to(heatmaps.dtype) - 1 - flip_shift) / stride
-        heatmaps, offsets = _average_flip(
-            heatmaps, offsets, heat_f.float(), off_f.float(),
-            spec=spec, centers=c, widths=map_sizes[:, 1],
-        )  # fmt: skip
+        perm = torch.tensor(spec.flip_index_with_center, device=heatmaps.device)
+        heat_m = _mirror_maps(heat_f.float(), c, map_sizes[:, 1], nearest=False)
+        # channel k averages with the mirrored channel perm[k] (the permutation is an involution)
+        heatmaps = torch.index_add(heatmaps, 1, perm, heat_m).mul_(0.5)
+        # the pose maps are averaged by the decoder at its candidate pixels only
+        return ScaleMaps(heatmaps, offsets, map_sizes, scale, flip_offsets=off_f.float(),
+                         flip_centers=c)  # fmt: skip
     return ScaleMaps(heatmaps=heatmaps, offsets=offsets, sizes=map_sizes, scale=scale)
 
 
