@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dekr.decoder import _up_source
+from dekr.decoder import _up_source, max_filter
 
 __all__ = ["match_poses_to_heatmaps", "absorb_to_peaks", "refine_joints", "average_heatmaps"]
 
@@ -106,8 +106,7 @@ def _map_radius(radius: float, stride: float) -> int:
 def _peaks(heatmaps: Tensor, num_candidates: int, pool_radius: int) -> tuple[Tensor, Tensor]:
     """Top local maxima per channel: positions (K, P, 2) as map (x, y) and values (K, P)."""
     k, h, w = heatmaps.shape
-    size = 2 * pool_radius + 1
-    pooled = F.max_pool2d(heatmaps[None], size, stride=1, padding=pool_radius)[0]
+    pooled = max_filter(heatmaps, 2 * pool_radius + 1)
     peaks = heatmaps.masked_fill(pooled != heatmaps, float("-inf")).flatten(1)
     values, index = peaks.topk(min(num_candidates, h * w), dim=1)
     xy = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], dim=-1)

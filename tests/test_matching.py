@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dekr.decoder import DEKRDecoder, ScaleMaps
+from dekr.decoder import DEKRDecoder, ScaleMaps, max_filter
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 from dekr.matching import (
     absorb_to_peaks,
@@ -168,3 +168,12 @@ def test_encode_decode_round_trip_keeps_accuracy():
 
     assert error(False).max() < 1e-3
     assert error(True).max() < 0.05  # absorbed to the grid, then refined back onto the peaks
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_max_filter_equals_max_pool(size):
+    x = torch.randn(2, 3, 23, 31)
+    x[0, 0, :4] = float("-inf")  # masked padding, as find_centers uses it
+    expect = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
+    assert torch.equal(max_filter(x, size), expect)
+    assert torch.equal(max_filter(x[0, 0], size), expect[0, 0])
