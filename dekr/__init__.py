@@ -47,8 +47,8 @@ _EXPORTS = {
     "load_checkpoint": "dekr.module",
     "load_recipe": "dekr.config",
     "recipe_from_dict": "dekr.config",
-    "train": "dekr.train",
-    "evaluate": "dekr.train",
+    "train": "dekr.training",
+    "evaluate": "dekr.training",
     "predict_files": "dekr.predict",
 }
 

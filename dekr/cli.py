@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from dekr.config import load_recipe
-    from dekr.train import train
+    from dekr.training import train
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print_config:
@@ -74,7 +74,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------- dekr-eval
 def _eval(args: argparse.Namespace) -> int:
-    from dekr.train import evaluate
+    from dekr.training import evaluate
 
     metrics = evaluate(args.checkpoint, args.overrides, results=args.results)
     print(f"AP {metrics['AP']:.4f}")

@@ -141,31 +141,22 @@ def _reverse_into(out: Tensor, src: Tensor, center: int) -> None:
         out[..., right:] = src[..., :1]
 
 
-def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor, nearest: bool) -> Tensor:
-    """``out[..., u] = maps[..., c − u]`` along the last axis, per image; linear or nearest.
+def _mirror_maps(maps: Tensor, centers: Tensor, widths: Tensor) -> Tensor:
+    """``out[..., u] = maps[..., c − u]`` along the last axis per image, linearly interpolated.
 
     Source positions are clamped to the image's true width. maps: (B, ..., w) with the width
     last; centers (B,) float; widths (B,) true map widths. ``c − u`` has the same fraction for
-    every u, so each image is one or two reversed slices (a gather only for the ambiguous
-    nearest case of fraction ½, where ``torch.round`` rounds half to even).
+    every u, so each image is one reversed slice, or two blended ones for a fractional ``c``.
     """
     out = torch.empty_like(maps)
     for b, (c, w) in enumerate(zip(centers.tolist(), widths.tolist())):
         src = maps[b, ..., :w]
         lo = math.floor(c)
-        frac = c - lo
-        if nearest and frac == 0.5:
-            u = torch.arange(maps.shape[-1], device=maps.device, dtype=centers.dtype)
-            idx = torch.round(c - u).clamp(0, w - 1).long()
-            out[b] = maps[b].index_select(-1, idx)
-            continue
-        if nearest:
-            lo, frac = lo + int(frac > 0.5), 0.0
         _reverse_into(out[b], src, lo)
-        if frac:
+        if c != lo:
             upper = torch.empty_like(out[b])
             _reverse_into(upper, src, lo + 1)
-            out[b].mul_(1 - frac).add_(upper, alpha=frac)
+            out[b].mul_(1 - (c - lo)).add_(upper, alpha=c - lo)
     return out
 
 
@@ -195,7 +186,7 @@ def forward_scale(
         heat_f, off_f = model(_flip_inputs(batch, sizes[:, 1], flip_shift, inplace=reuse_input))
         c = (sizes[:, 1].to(heatmaps.dtype) - 1 - flip_shift) / stride
         perm = torch.tensor(spec.flip_index_with_center, device=heatmaps.device)
-        heat_m = _mirror_maps(heat_f.float(), c, map_sizes[:, 1], nearest=False)
+        heat_m = _mirror_maps(heat_f.float(), c, map_sizes[:, 1])
         # channel k averages with the mirrored channel perm[k] (the permutation is an involution)
         heatmaps = torch.index_add(heatmaps, 1, perm, heat_m).mul_(0.5)
         # the pose maps are averaged by the decoder at its candidate pixels only

@@ -45,7 +45,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One epoch of the tiny quickstart variant; returns train()'s result and the output dir."""
     from dekr.config import load_recipe
-    from dekr.train import train
+    from dekr.training import train
 
     out = tmp_path_factory.mktemp("run")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(synthetic_root, out))

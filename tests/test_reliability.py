@@ -30,7 +30,7 @@ from dekr.keypoints import COCO_KEYPOINTS
 from dekr.loss import DEKRLoss
 from dekr.module import DekrModule, load_checkpoint
 from dekr.targets import encode_targets, encode_targets_batch
-from dekr.train import AtomicCheckpointIO
+from dekr.training import AtomicCheckpointIO
 
 QUICK = REPO / "recipes" / "quickstart.yaml"
 

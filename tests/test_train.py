@@ -14,7 +14,7 @@ from dekr.cli import eval_main, predict_main, train_main
 from dekr.config import RecipeError, load_recipe, recipe_from_dict
 from dekr.loss import heatmap_loss, offset_loss
 from dekr.module import DekrModule, load_checkpoint, lr_factor
-from dekr.train import build_datamodule
+from dekr.training import build_datamodule
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
@@ -179,7 +179,7 @@ def _real_data_overrides(ann: Path, images: Path, out: Path) -> list[str]:
 
 @pytest.mark.integration
 def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
-    from dekr.train import train
+    from dekr.training import train
 
     sample = SHARED_DATA / "crowdpose_sample"
     if not sample.is_dir():
@@ -194,7 +194,7 @@ def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
-    from dekr.train import train
+    from dekr.training import train
 
     sample = SHARED_DATA / "coco_sample"
     if not sample.is_dir():

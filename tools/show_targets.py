@@ -100,7 +100,7 @@ def _transforms(args: argparse.Namespace) -> tuple[KeypointSpec, TrainSampleTran
     """Spec and training transform from the recipe (when given) or the command line."""
     if args.recipe:
         from dekr.config import load_recipe
-        from dekr.train import build_datamodule
+        from dekr.training import build_datamodule
 
         datamodule = build_datamodule(load_recipe(args.recipe, args.overrides))
         return datamodule.spec, datamodule.transform
