@@ -1,4 +1,4 @@
-"""Flip test internals against plain gather formulas: input mirror, map mirror, lazy pose average."""
+"""Flip test internals against plain gathers: input mirror, map mirror, lazy pose average."""
 
 from __future__ import annotations
 
