@@ -41,7 +41,12 @@ class SyntheticConfig:
     val_images: int = 200
     image_size: int = 256
     seed: int = 0
+    # scene difficulty (dekr.data.synthetic.SceneOptions)
     max_people: int = 6
+    min_height: float = 0.25  # smallest person, fraction of the image height
+    max_height: float = 0.85
+    occluder_prob: float = 0.3
+    crowd_prob: float = 0.1
 
 
 @dataclass

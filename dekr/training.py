@@ -132,6 +132,10 @@ class RecipeDataModule(DekrDataModule):
             image_size=(s.image_size, s.image_size),
             seed=s.seed,
             max_people=s.max_people,
+            min_height=s.min_height,
+            max_height=s.max_height,
+            occluder_prob=s.occluder_prob,
+            crowd_prob=s.crowd_prob,
         )
 
     def prepare_data(self) -> None:
