@@ -104,6 +104,7 @@ class DekrModule(pl.LightningModule):
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self.last_validated_step = -1
+        self._fit_start: Optional[float] = None
 
     def _rescorer(self, path: Optional[str]) -> Optional[Rescorer]:
         return Rescorer.load(path, self.spec) if path else None
@@ -137,6 +138,9 @@ class DekrModule(pl.LightningModule):
             )
         warnings.warn(f"skipping a batch with a non-finite loss at {where} ({parts})", stacklevel=2)
         return None
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
@@ -248,6 +252,8 @@ class DekrModule(pl.LightningModule):
         self.last_validated_step = self.global_step
         for name, value in metrics.items():
             self.log(f"val/{name}", float(value), rank_zero_only=False, sync_dist=False)
+        if self._fit_start is not None:  # wall time since fit start: the AP-against-minutes curve
+            self.log("val/minutes", (time.perf_counter() - self._fit_start) / 60)
 
     def _val_coco(self) -> Any:
         """The validation dataset's pycocotools ``COCO`` ground truth, when it has one."""
