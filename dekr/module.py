@@ -81,6 +81,8 @@ class DekrModule(pl.LightningModule):
             num_keypoints=self.spec.num_keypoints,
             adaptive_impl=cfg.model.adaptive_impl,
         )
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = DEKRLoss(
             cfg.loss.heatmap_factor, cfg.loss.offset_factor, cfg.loss.offset_beta
         )
@@ -109,12 +111,17 @@ class DekrModule(pl.LightningModule):
     def _rescorer(self, path: Optional[str]) -> Optional[Rescorer]:
         return Rescorer.load(path, self.spec) if path else None
 
+    def _memory_format(self, images: Tensor) -> Tensor:
+        if self.recipe.model.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model(images)
+        return self.model(self._memory_format(images))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
-        heatmaps, offsets = self.model(batch["image"])
+        heatmaps, offsets = self(batch["image"])
         losses = self.criterion(heatmaps, offsets, batch)
         if not torch.isfinite(losses["loss"]):
             return self._bad_loss(losses)
@@ -166,7 +173,7 @@ class DekrModule(pl.LightningModule):
         """Poses (original pixels) of RGB uint8 images with the recipe's test settings."""
         d = self.recipe.decode
         return predict_poses(
-            self.model,
+            self,
             images,
             spec=self.spec,
             input_size=self.recipe.data.input_size,

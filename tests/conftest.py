@@ -6,8 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from dekr.keypoints import KeypointSpec
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A three-keypoint set with one flip pair: proves nothing assumes 17 keypoints.
+SPEC3 = KeypointSpec(
+    names=("a", "left_b", "right_b"),
+    sigmas=(0.05, 0.05, 0.05),
+    flip_pairs=(("left_b", "right_b"),),
+    skeleton=(("a", "left_b"), ("a", "right_b")),
+    name="k3",
+)
 
 
 def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import SPEC3
 
 from dekr.decoder import (
     DEKRDecoder,
@@ -12,15 +13,7 @@ from dekr.decoder import (
     pose_nms_keep,
     sample_heat_values,
 )
-from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
-
-SPEC3 = KeypointSpec(
-    names=("a", "left_b", "right_b"),
-    sigmas=(0.05, 0.05, 0.05),
-    flip_pairs=(("left_b", "right_b"),),
-    skeleton=(("a", "left_b"), ("a", "right_b")),
-    name="k3",
-)
+from dekr.keypoints import COCO_KEYPOINTS
 
 
 def render_maps(people: torch.Tensor, h: int, w: int, radius: int = 4) -> tuple:

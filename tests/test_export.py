@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SPEC3
 from torch import Tensor, nn
 
 from dekr.decoder import DEKRDecoder
@@ -21,19 +22,11 @@ from dekr.export import (
     export_onnx,
 )
 from dekr.inference import predict_poses
-from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
+from dekr.keypoints import COCO_KEYPOINTS
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv
 from dekr.models.dekr import DEKR, build_model
 
 pytest.importorskip("onnxruntime")
-
-SPEC3 = KeypointSpec(
-    names=("a", "left_b", "right_b"),
-    sigmas=(0.05, 0.05, 0.05),
-    flip_pairs=(("left_b", "right_b"),),
-    skeleton=(("a", "left_b"), ("a", "right_b")),
-    name="k3",
-)
 
 
 def deforming_model(num_keypoints: int, seed: int = 0) -> DEKR:

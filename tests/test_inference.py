@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SPEC3
 
 from dekr.decoder import DEKRDecoder
 from dekr.inference import IMAGENET_MEAN, IMAGENET_STD, eval_transform, predict_poses, resize_image
 from dekr.keypoints import KeypointSpec
-
-SPEC3 = KeypointSpec(
-    names=("a", "left_b", "right_b"),
-    sigmas=(0.05, 0.05, 0.05),
-    flip_pairs=(("left_b", "right_b"),),
-    skeleton=(("a", "left_b"), ("a", "right_b")),
-    name="k3",
-)
 
 
 class FakeModel:

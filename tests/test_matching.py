@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SPEC3
 
 from dekr.decoder import DEKRDecoder, ScaleMaps, max_filter
-from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
+from dekr.keypoints import COCO_KEYPOINTS
 from dekr.matching import (
     absorb_to_peaks,
     average_heatmaps,
@@ -15,14 +16,6 @@ from dekr.matching import (
     refine_joints,
 )
 from dekr.targets import encode_targets
-
-SPEC3 = KeypointSpec(
-    names=("a", "left_b", "right_b"),
-    sigmas=(0.05, 0.05, 0.05),
-    flip_pairs=(("left_b", "right_b"),),
-    skeleton=(("a", "left_b"), ("a", "right_b")),
-    name="k3",
-)
 
 
 def gaussian(h: int, w: int, peaks: list, sigma: float = 2.0) -> torch.Tensor:

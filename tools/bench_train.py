@@ -1,7 +1,7 @@
 """Training throughput: images per second of full training steps (forward, loss, backward, Adam).
 
 ``run_train(args) -> list[dict]`` for ``tools/benchmark.py train``: the quickstart model
-(``hrnet_w16_small``, 16 × 160²) and W32 at 512 (batch 2), in fp32, bf16 autocast and
+(``hrnet_w8_tiny``, 8 × 128²) and W32 at 512 (batch 2), in fp32, bf16 autocast and
 channels-last, with targets built in the data pipeline (numpy, per sample) or on the device
 (``encode_targets_batch``, per batch). Data decoding/augmentation is excluded: the batch is a
 fixed synthetic one, so the figures are the model + target cost only.
@@ -83,7 +83,7 @@ def _step_time(
 
 
 def run_train(args: Any = None) -> list[dict]:
-    cases = [("quickstart", "hrnet_w16_small", 16, 160, 5), ("w32", "hrnet_w32", 2, 512, 3)]
+    cases = [("quickstart", "hrnet_w8_tiny", 8, 128, 10), ("w32", "hrnet_w32", 2, 512, 3)]
     variants = [
         ("fp32", False, False, False),
         ("bf16", True, False, False),
