@@ -74,3 +74,15 @@ def test_recipe_settings_and_overrides():
     assert got["spec"].name == "coco" and got["input_size"] == recipe.data.input_size
     with pytest.raises(RecipeError, match="did you mean 'decode.nms_threshold'"):
         load_recipe(RECIPE, ["decode.nms_treshold=0.1"])
+
+
+@pytest.mark.slow
+def test_roundtrip_on_synthetic_val(tmp_path, capsys):
+    """The target ceiling of the official W32 settings on the embedded synthetic data."""
+    from dekr.data.synthetic import ensure_synthetic_splits
+
+    paths = ensure_synthetic_splits(tmp_path, spec=COCO_KEYPOINTS, train_images=1, val_images=100)
+    w32 = REPO / "recipes" / "coco_w32.yaml"
+    assert roundtrip.main([str(w32), "--annotations", str(paths["val"])]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert float(last.split()[1]) >= 0.99, last
