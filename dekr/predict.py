@@ -201,6 +201,26 @@ def _onnx_model(path: Path) -> Any:
     return _FixedSizeONNX(model, shape) if all(isinstance(d, int) for d in shape) else model
 
 
+def _predict_images(
+    p: _Predictor, paths: list[Path], out: Path, first_id: int, doc: dict[str, Any]
+) -> int:
+    """One batched forward pass over ``paths``; overlays and records; returns the next id."""
+    images = [_read_image(path) for path in paths]
+    for offset, (path, image, pred) in enumerate(zip(paths, images, p(images) if images else [])):
+        cv2.imwrite(str(out / f"{path.stem}.png"), p.overlay(image, pred))
+        image_id = first_id + offset
+        doc["images"].append(
+            {
+                "id": image_id,
+                "file_name": path.name,
+                "width": image.shape[1],
+                "height": image.shape[0],
+            }
+        )
+        doc["annotations"] += _records(image_id, pred)
+    return first_id + len(paths)
+
+
 def predict_files(
     checkpoint: Union[str, Path],
     inputs: list[Union[str, Path]],
@@ -248,24 +268,16 @@ def predict_files(
             }
         ],
     }
-    image_id = 1
-    for path in tqdm(files, desc="predict", unit="file"):
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+    image_id, pending = 1, []
+    for path in tqdm([*files, None], desc="predict", unit="file", total=len(files)):
+        if path is not None and path.suffix.lower() not in VIDEO_SUFFIXES:
+            pending.append(path)
+            if len(pending) < batch_size:
+                continue
+        image_id = _predict_images(p, pending, out, image_id, doc)  # a full batch, or the rest
+        pending = []
+        if path is not None and path.suffix.lower() in VIDEO_SUFFIXES:
             image_id = _predict_video(p, path, out, image_id, doc)
-            continue
-        image = _read_image(path)
-        pred = p([image])[0]
-        cv2.imwrite(str(out / f"{path.stem}.png"), p.overlay(image, pred))
-        doc["images"].append(
-            {
-                "id": image_id,
-                "file_name": path.name,
-                "width": image.shape[1],
-                "height": image.shape[0],
-            }
-        )
-        doc["annotations"] += _records(image_id, pred)
-        image_id += 1
     for i, ann in enumerate(doc["annotations"], start=1):
         ann["id"] = i
     target = out / "predictions.json"

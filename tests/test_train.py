@@ -203,3 +203,22 @@ def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
     recipe = load_recipe(REPO / "recipes" / "coco_w32.yaml",
                          _real_data_overrides(ann, sample / "images", tmp_path))  # fmt: skip
     assert 0.0 <= train(recipe)["metrics"]["AP"] <= 1.0
+
+
+@pytest.mark.integration
+def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> None:
+    ckpt = str(tiny_run["out"] / "checkpoints" / "last.ckpt")
+    images = str(tiny_run["root"] / "images" / "val")
+    args = ["--no-flip", "--score-threshold", "0"]
+    docs = []
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        assert (
+            predict_main([ckpt, images, "--out", str(out), "--batch-size", str(batch), *args]) == 0
+        )
+        docs.append(json.loads((out / "predictions.json").read_text()))
+    assert docs[0]["images"] == docs[1]["images"]
+    for a, b in zip(docs[0]["annotations"], docs[1]["annotations"]):
+        assert a["image_id"] == b["image_id"]
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.02)
+    assert len(docs[0]["annotations"]) == len(docs[1]["annotations"])
