@@ -207,7 +207,10 @@ def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> None:
-    ckpt = str(tiny_run["out"] / "checkpoints" / "last.ckpt")
+    state = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)
+    state["hyper_parameters"]["recipe"]["decode"]["center_threshold"] = -1e9  # keep candidates
+    ckpt = str(tmp_path / "every_candidate.ckpt")
+    torch.save(state, ckpt)
     images = str(tiny_run["root"] / "images" / "val")
     args = ["--no-flip", "--score-threshold", "0"]
     docs = []
@@ -221,4 +224,4 @@ def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> 
     for a, b in zip(docs[0]["annotations"], docs[1]["annotations"]):
         assert a["image_id"] == b["image_id"]
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.02)
-    assert len(docs[0]["annotations"]) == len(docs[1]["annotations"])
+    assert len(docs[0]["annotations"]) == len(docs[1]["annotations"]) > 0
