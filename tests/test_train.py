@@ -59,8 +59,14 @@ def test_bad_target_and_missing_recipe(tmp_path: Path) -> None:
     bad = {"data": {"train_dataset": {"_target_": "dekr.nothing.Here"}}}
     with pytest.raises(RecipeError, match="'dekr.nothing.Here' cannot be imported"):
         recipe_from_dict(bad)
-    wrong_args = {"data": {"train_dataset": {"_target_": "dekr.data.coco.COCOKeypoints",
-                                             "annotation_fle": "x.json"}}}  # fmt: skip
+    wrong_args = {
+        "data": {
+            "train_dataset": {
+                "_target_": "dekr.data.coco.COCOKeypoints",
+                "annotation_fle": "x.json",
+            }
+        }
+    }
     with pytest.raises(RecipeError, match="annotation_fle"):
         recipe_from_dict(wrong_args)
 
@@ -121,9 +127,11 @@ def test_cli_eval_and_predict(tiny_run: dict, tmp_path: Path, capsys) -> None:
 @pytest.mark.integration
 def test_resume_auto_continues(tiny_run: dict, capsys) -> None:
     ckpt = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)
-    argv = [str(REPO / "recipes" / "quickstart.yaml"),
-            *tiny_overrides(tiny_run["root"], tiny_run["out"], **{"trainer.max_epochs": 2}),
-            "resume=auto"]  # fmt: skip
+    argv = [
+        str(REPO / "recipes" / "quickstart.yaml"),
+        *tiny_overrides(tiny_run["root"], tiny_run["out"], **{"trainer.max_epochs": 2}),
+        "resume=auto",
+    ]
     assert train_main(argv) == 0
     again = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert again["global_step"] == 2 * ckpt["global_step"]
@@ -168,13 +176,23 @@ def test_checkpoint_of_other_k_is_clear(tiny_run: dict) -> None:
 
 def _real_data_overrides(ann: Path, images: Path, out: Path) -> list[str]:
     return [
-        "model.backbone=hrnet_w8_tiny", f"data.train_annotations={ann}",
-        f"data.train_images={images}", f"data.val_annotations={ann}", f"data.val_images={images}",
-        "data.input_size=128", "data.batch_size=2", "data.num_workers=0",
-        "data.persistent_workers=false", "data.pin_memory=false", "trainer.devices=1",
-        "trainer.strategy=auto", "trainer.accelerator=cpu", "trainer.max_epochs=1",
-        "trainer.benchmark=false", f"output_dir={out}",
-    ]  # fmt: skip
+        "model.backbone=hrnet_w8_tiny",
+        f"data.train_annotations={ann}",
+        f"data.train_images={images}",
+        f"data.val_annotations={ann}",
+        f"data.val_images={images}",
+        "data.input_size=128",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.pin_memory=false",
+        "trainer.devices=1",
+        "trainer.strategy=auto",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.benchmark=false",
+        f"output_dir={out}",
+    ]
 
 
 @pytest.mark.integration
@@ -185,8 +203,10 @@ def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
     if not sample.is_dir():
         pytest.skip(f"real test data not found at {sample}")
     ann = sample / "annotations" / "crowdpose_sample.json"
-    recipe = load_recipe(REPO / "recipes" / "crowdpose_w32.yaml",
-                         _real_data_overrides(ann, sample / "images", tmp_path))  # fmt: skip
+    recipe = load_recipe(
+        REPO / "recipes" / "crowdpose_w32.yaml",
+        _real_data_overrides(ann, sample / "images", tmp_path),
+    )
     metrics = train(recipe)["metrics"]
     assert {"AP", "APE", "APH"} <= set(metrics)  # CrowdPose easy / hard split from crowdIndex
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").spec.num_keypoints == 14
@@ -200,8 +220,9 @@ def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
     if not sample.is_dir():
         pytest.skip(f"real test data not found at {sample}")
     ann = sample / "annotations" / "person_keypoints_val_sample.json"
-    recipe = load_recipe(REPO / "recipes" / "coco_w32.yaml",
-                         _real_data_overrides(ann, sample / "images", tmp_path))  # fmt: skip
+    recipe = load_recipe(
+        REPO / "recipes" / "coco_w32.yaml", _real_data_overrides(ann, sample / "images", tmp_path)
+    )
     assert 0.0 <= train(recipe)["metrics"]["AP"] <= 1.0
 
 
@@ -225,3 +246,29 @@ def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> 
         assert a["image_id"] == b["image_id"]
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.02)
     assert len(docs[0]["annotations"]) == len(docs[1]["annotations"]) > 0
+
+
+@pytest.mark.integration
+def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
+    """Targets on the device, bf16 autocast, accumulation, clipping, EMA and lr scaling together."""
+    from dekr.training import train
+
+    extra = {
+        "targets.on_device": True,
+        "trainer.precision": "bf16-mixed",
+        "trainer.accumulate_grad_batches": 2,
+        "trainer.gradient_clip_val": 1.0,
+        "optim.ema_decay": 0.9,
+        "optim.scale_lr": True,
+        "model.channels_last": True,
+    }
+    recipe = load_recipe(
+        REPO / "recipes" / "quickstart.yaml", tiny_overrides(synthetic_root, tmp_path, **extra)
+    )
+    result = train(recipe)
+    assert 0.0 <= result["metrics"]["AP"] <= 1.0
+    module = load_checkpoint(result["last"])
+    lr = module.recipe.optim.lr
+    assert module.effective_lr() == pytest.approx(lr * 4 * 1 * 2 / 40)  # batch x world x accumulate
+    ckpt = torch.load(result["last"], weights_only=True)
+    assert any("EMAWeightAveraging" in key for key in ckpt.get("callbacks", {}))
