@@ -24,3 +24,13 @@ def test_show_targets_from_a_recipe(tmp_path: Path, capsys) -> None:
     names = {"image", "heatmaps", "centers", "weights", "offsets"}
     assert {p.stem for p in tmp_path.glob("*.png")} == names
     assert cv2.imread(str(tmp_path / "heatmaps.png")).shape[:2] == (128, 128)
+
+
+@pytest.mark.parametrize("name", ["train_main", "eval_main", "predict_main", "export_main"])
+def test_cli_help(name: str, capsys) -> None:
+    import dekr.cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(dekr.cli, name)(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: dekr-" in capsys.readouterr().out
