@@ -19,7 +19,15 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "import_target"]
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "load_recipe",
+    "recipe_from_dict",
+    "import_target",
+    "target_kwargs",
+    "decoder_kwargs",
+]
 
 
 class RecipeError(ValueError):
@@ -268,3 +276,28 @@ def check_targets(recipe: DictConfig, source: str) -> None:
             inspect.signature(obj).bind(**kwargs)
         except TypeError as err:
             raise RecipeError(f"{source}: data.{key} ({target}): {err}") from None
+
+
+def target_kwargs(recipe: DictConfig) -> dict[str, Any]:
+    """The recipe's ``targets`` section as keyword arguments of ``encode_targets``."""
+    t = recipe.targets
+    return dict(
+        sigma=t.sigma,
+        center_sigma=t.center_sigma,
+        bg_weight=t.bg_weight,
+        offset_radius=t.offset_radius,
+        min_center_area=t.min_center_area,
+    )
+
+
+def decoder_kwargs(recipe: DictConfig) -> dict[str, Any]:
+    """The recipe's ``decode`` section as keyword arguments of :class:`dekr.decoder.DEKRDecoder`."""
+    d = recipe.decode
+    return dict(
+        max_people=d.max_people,
+        center_threshold=d.center_threshold,
+        nms_threshold=d.nms_threshold,
+        nms_num=d.nms_num,
+        scale_decrease=d.scale_decrease,
+        match_heatmaps=d.match_heatmaps,
+    )

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import Subset
 
-from dekr.config import recipe_from_dict
+from dekr.config import decoder_kwargs, recipe_from_dict
 from dekr.decoder import DEKRDecoder
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import predict_poses
@@ -86,18 +86,11 @@ class DekrModule(pl.LightningModule):
         self.criterion = DEKRLoss(
             cfg.loss.heatmap_factor, cfg.loss.offset_factor, cfg.loss.offset_beta
         )
-        d = cfg.decode
+        path = cfg.decode.rescore_checkpoint
         self.decoder = DEKRDecoder(
             self.spec,
-            max_people=d.max_people,
-            center_threshold=d.center_threshold,
-            nms_threshold=d.nms_threshold,
-            nms_num=d.nms_num,
-            scale_decrease=d.scale_decrease,
-            match_heatmaps=d.match_heatmaps,
-            rescorer=Rescorer.load(d.rescore_checkpoint, self.spec)
-            if d.rescore_checkpoint
-            else None,
+            **decoder_kwargs(cfg),
+            rescorer=Rescorer.load(path, self.spec) if path else None,
         )
         self.evaluator: Optional[COCOEvaluator] = None
         self.bad_loss_batches = 0

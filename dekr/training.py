@@ -20,7 +20,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset, Subset
 
 from dekr.callbacks import RNGStateCallback
-from dekr.config import RecipeError, import_target, recipe_from_dict
+from dekr.config import RecipeError, import_target, recipe_from_dict, target_kwargs
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
 from dekr.data.robust import SkipBadImages
@@ -86,13 +86,7 @@ class RecipeDataModule(DekrDataModule):
         val_dataset: Optional[Dataset] = None,
     ) -> None:
         d, t = recipe.data, recipe.targets
-        target_kwargs = dict(
-            sigma=t.sigma,
-            center_sigma=t.center_sigma,
-            bg_weight=t.bg_weight,
-            offset_radius=t.offset_radius,
-            min_center_area=t.min_center_area,
-        )
+        targets = target_kwargs(recipe)
         super().__init__(
             batch_size=d.batch_size,
             val_batch_size=d.val_batch_size,
@@ -100,7 +94,7 @@ class RecipeDataModule(DekrDataModule):
             pin_memory=d.pin_memory,
             persistent_workers=d.persistent_workers,
             targets_on_device=t.on_device,
-            target_kwargs=target_kwargs,
+            target_kwargs=targets,
         )
         self.recipe, self.spec = recipe, spec
         self.given = {"train": train_dataset, "val": val_dataset}  # raw-sample datasets
@@ -109,7 +103,7 @@ class RecipeDataModule(DekrDataModule):
             spec,
             input_size=d.input_size,
             targets_on_device=t.on_device,
-            target_kwargs=target_kwargs,
+            target_kwargs=targets,
             flip_prob=a.flip_prob,
             seed=recipe.seed,
             augment_kwargs=dict(

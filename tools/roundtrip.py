@@ -93,17 +93,15 @@ def run_roundtrip(
 
 def recipe_settings(recipe: Any) -> dict[str, Any]:
     """Spec, input size, decoder and target keyword arguments from a loaded recipe."""
+    from dekr.config import decoder_kwargs, target_kwargs
     from dekr.module import spec_from_recipe
 
-    d, t = recipe.decode, recipe.targets
     return {
         "spec": spec_from_recipe(recipe),
         "input_size": recipe.data.input_size,
-        "decoder_kwargs": dict(max_people=d.max_people, center_threshold=d.center_threshold,
-                               nms_threshold=d.nms_threshold, nms_num=d.nms_num),
-        "target_kwargs": dict(sigma=t.sigma, center_sigma=t.center_sigma, bg_weight=t.bg_weight,
-                              offset_radius=t.offset_radius, min_center_area=t.min_center_area),
-    }  # fmt: skip
+        "decoder_kwargs": decoder_kwargs(recipe),
+        "target_kwargs": target_kwargs(recipe),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
