@@ -101,9 +101,6 @@ class DekrModule(pl.LightningModule):
         self.last_validated_step = -1
         self._fit_start: Optional[float] = None
 
-    def _rescorer(self, path: Optional[str]) -> Optional[Rescorer]:
-        return Rescorer.load(path, self.spec) if path else None
-
     def _memory_format(self, images: Tensor) -> Tensor:
         if self.recipe.model.channels_last:
             return images.contiguous(memory_format=torch.channels_last)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark import median_time
 
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import TrainSampleTransform
@@ -45,13 +46,7 @@ def synthetic_people(rng: np.random.Generator, n: int, out_size: int, k: int = 1
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    return 1e3 * median_time(fn, repeats)
 
 
 def run_targets(json_mode: bool = False) -> list[dict]:
