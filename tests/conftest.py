@@ -9,7 +9,7 @@ import pytest
 from dekr.keypoints import KeypointSpec
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"
 
 # A three-keypoint set with one flip pair: proves nothing assumes 17 keypoints.
 SPEC3 = KeypointSpec(

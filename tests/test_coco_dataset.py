@@ -9,19 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 
 from dekr.data.coco import COCOKeypoints
 from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointSpec
 
-DATA = SHARED_DATA
+DATA = TEST_DATA
 COCO_DIR = DATA / "coco_sample"
 COCO_JSON = COCO_DIR / "annotations" / "person_keypoints_sample.json"
 CP_DIR = DATA / "crowdpose_sample"
 CP_JSON = CP_DIR / "annotations" / "crowdpose_sample.json"
-
-pytestmark = pytest.mark.skipif(not COCO_JSON.exists(), reason="real data fixtures missing")
-
 
 @pytest.fixture(scope="module")
 def coco() -> COCOKeypoints:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import convert_checkpoint as convert  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_dekr_keys.json"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 REGULAR_MATRIX = [[-1, -1, -1, 0, 0, 0, 1, 1, 1], [-1, 0, 1, -1, 0, 1, -1, 0, 1]]
 
 
@@ -104,13 +104,13 @@ def test_official_crowdpose_predicts_and_evaluates(official: dict, tmp_path: Pat
     assert module.recipe.decode.nms_num == 7  # recipes/crowdpose_w32.yaml chosen from K=14
     key = "offset_final_layer.13.weight"
     assert torch.equal(module.model.state_dict()[key], state[key])
-    image = sorted((SHARED_DATA / "crowdpose_sample" / "images").glob("*.jpg"))[0]
+    image = sorted((TEST_DATA / "crowdpose_sample" / "images").glob("*.jpg"))[0]
     assert predict_main([str(out), str(image), "--out", str(tmp_path / "pred"), "--no-flip"]) == 0
     doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [im["file_name"] for im in doc["images"]] == [image.name]
     assert len(doc["categories"][0]["keypoints"]) == 14
     assert all(len(a["keypoints"]) == 14 * 3 for a in doc["annotations"])
-    sample = SHARED_DATA / "crowdpose_sample"
+    sample = TEST_DATA / "crowdpose_sample"
     argv = [
         str(out), f"data.val_images={sample / 'images'}", "data.num_workers=0",
         f"data.val_annotations={sample / 'annotations' / 'crowdpose_sample.json'}",

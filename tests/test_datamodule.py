@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import (
@@ -17,9 +17,8 @@ from dekr.data.datamodule import (
 )
 from dekr.keypoints import COCO_KEYPOINTS
 
-COCO_DIR = SHARED_DATA / "coco_sample"
+COCO_DIR = TEST_DATA / "coco_sample"
 COCO_JSON = COCO_DIR / "annotations" / "person_keypoints_val_sample.json"
-pytestmark = pytest.mark.skipif(not COCO_JSON.exists(), reason="real data fixtures missing")
 
 MAPS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
 

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 
 from dekr.evaluation import COCOEvaluator, format_table, keypoint_box_area
 from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
 
-DATA = SHARED_DATA
+DATA = TEST_DATA
 COCO_VAL = DATA / "coco_sample/annotations/person_keypoints_val_sample.json"
 CROWDPOSE = DATA / "crowdpose_sample/annotations/crowdpose_sample.json"
-pytestmark = pytest.mark.skipif(not COCO_VAL.exists(), reason="shared sample data not available")
 
 
 def gt_predictions(path: Path, k: int) -> tuple[list[int], list[dict]]:

@@ -26,7 +26,6 @@ from dekr.keypoints import COCO_KEYPOINTS
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv
 from dekr.models.dekr import DEKR, build_model
 
-pytest.importorskip("onnxruntime")
 
 
 def deforming_model(num_keypoints: int, seed: int = 0) -> DEKR:

@@ -25,10 +25,10 @@ from dekr.module import DekrModule, load_checkpoint
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import convert_checkpoint as convert  # noqa: E402
 
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"
 DIFF = re.compile(r"max abs difference (\S+)")
 
 
@@ -113,7 +113,7 @@ def assert_same(actual: list[dict], expected: list[dict], atol: float) -> None:
 
 def test_predict_onnx_matches_torch(checkpoint: Path, exported: dict, tmp_path: Path) -> None:
     dynamic_onnx = exported["dynamic"][0]
-    image = sorted((SHARED_DATA / "crowdpose_sample" / "images").glob("*.jpg"))[0]
+    image = sorted((TEST_DATA / "crowdpose_sample" / "images").glob("*.jpg"))[0]
     expected = predictions(checkpoint, [image], tmp_path / "torch")
     actual = predictions(checkpoint, [image], tmp_path / "onnx", "--onnx", str(dynamic_onnx))
     assert_same(actual, expected, atol=0.01 + 1e-6)  # the JSON rounds to 0.01 px

@@ -16,9 +16,9 @@ from dekr.rescore import RescoreNet, Rescorer, fit_rescore_net, rescore_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_rescore  # noqa: E402
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 
-COCO_VAL = SHARED_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
+COCO_VAL = TEST_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
 
 
 def test_feature_sizes_and_normalisation():
@@ -74,7 +74,7 @@ def test_fit_reduces_loss():
 
 
 def test_training_data_from_predictions_and_gt():
-    coco = COCO(str(COCO_VAL)) if COCO_VAL.exists() else pytest.skip("no sample data")
+    coco = COCO(str(COCO_VAL))
     data = json.loads(COCO_VAL.read_text())
     ids = sorted(im["id"] for im in data["images"])
     exact, noisy = [], []

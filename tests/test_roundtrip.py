@@ -12,12 +12,12 @@ import torch
 from dekr.decoder import DEKRDecoder
 from dekr.keypoints import COCO_KEYPOINTS
 
-targets = pytest.importorskip("dekr.targets")
+from dekr import targets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import roundtrip  # noqa: E402
-from conftest import REPO, SHARED_DATA  # noqa: E402
+from conftest import REPO, TEST_DATA  # noqa: E402
 
-COCO_VAL = SHARED_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
+COCO_VAL = TEST_DATA / "coco_sample" / "annotations" / "person_keypoints_val_sample.json"
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 
 # A standing person, 17 COCO joints, unit height, origin at the hips' midpoint.
@@ -58,7 +58,6 @@ def test_dense_crowd_of_30_people_is_recovered():
     assert len(recovered) >= 29, (len(found), sorted(set(range(30)) - recovered))
 
 
-@pytest.mark.skipif(not COCO_VAL.exists(), reason="shared sample data not available")
 def test_roundtrip_on_coco_val_sample(capsys):
     assert roundtrip.main([str(RECIPE), "--annotations", str(COCO_VAL), "data.input_size=512"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, TEST_DATA
 
 sys.path.insert(0, str(REPO / "tools"))
 import show_targets  # noqa: E402
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "coco_sample").is_dir(), reason="shared data missing")
 def test_show_targets_from_a_recipe(tmp_path: Path, capsys) -> None:
-    sample = SHARED_DATA / "coco_sample"
+    sample = TEST_DATA / "coco_sample"
     show_targets.main([
         "--recipe", str(REPO / "recipes" / "coco_w32.yaml"), "data.input_size=128",
         "--annotations", str(sample / "annotations" / "person_keypoints_val_sample.json"),

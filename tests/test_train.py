@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, tiny_overrides
+from conftest import REPO, TEST_DATA, tiny_overrides
 
 from dekr.cli import eval_main, predict_main, train_main
 from dekr.config import RecipeError, load_recipe, recipe_from_dict
@@ -199,9 +199,7 @@ def _real_data_overrides(ann: Path, images: Path, out: Path) -> list[str]:
 def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
     from dekr.training import train
 
-    sample = SHARED_DATA / "crowdpose_sample"
-    if not sample.is_dir():
-        pytest.skip(f"real test data not found at {sample}")
+    sample = TEST_DATA / "crowdpose_sample"
     ann = sample / "annotations" / "crowdpose_sample.json"
     recipe = load_recipe(
         REPO / "recipes" / "crowdpose_w32.yaml",
@@ -216,9 +214,7 @@ def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
 def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path) -> None:
     from dekr.training import train
 
-    sample = SHARED_DATA / "coco_sample"
-    if not sample.is_dir():
-        pytest.skip(f"real test data not found at {sample}")
+    sample = TEST_DATA / "coco_sample"
     ann = sample / "annotations" / "person_keypoints_val_sample.json"
     recipe = load_recipe(
         REPO / "recipes" / "coco_w32.yaml", _real_data_overrides(ann, sample / "images", tmp_path)
