@@ -32,11 +32,11 @@ def _by_id(ds: COCOKeypoints, image_id: int) -> dict:
 def test_real_coco_counts(coco: COCOKeypoints) -> None:
     doc = json.loads(COCO_JSON.read_text())
     assert sorted(coco.image_ids) == sorted(im["id"] for im in doc["images"])
-    assert len(coco) == 29
+    assert len(coco) == 11
     people = sum(len(coco._people[i][1]) for i in coco.image_ids)
     labelled = sum(int((coco._people[i][0][..., 2] > 0).sum()) for i in coco.image_ids)
-    assert people == 115  # README: persons with at least one labelled keypoint
-    assert labelled == 1167
+    assert people == 46  # tests/data/README.md: persons with at least one labelled keypoint
+    assert labelled == 438
     assert coco.num_outside_keypoints == 0
 
 
@@ -81,7 +81,7 @@ def test_drop_images_without_annotations() -> None:
         COCO_KEYPOINTS,
         drop_images_without_annotations=True,
     )
-    assert len(ds) == 28 and 802 not in ds.image_ids and 126107 in ds.image_ids
+    assert len(ds) == 10 and 802 not in ds.image_ids and 126107 in ds.image_ids
 
 
 def test_transform_is_applied() -> None:

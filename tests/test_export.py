@@ -27,7 +27,6 @@ from dekr.models.adaptive import AdaptBlock, AdaptiveConv
 from dekr.models.dekr import DEKR, build_model
 
 
-
 def deforming_model(num_keypoints: int, seed: int = 0) -> DEKR:
     """Tiny DEKR with random weights whose adaptive convs move their taps by several pixels."""
     torch.manual_seed(seed)

@@ -24,7 +24,6 @@ from dekr.module import DekrModule, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import convert_checkpoint as convert  # noqa: E402
-
 import onnxruntime as ort  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -88,6 +88,7 @@ def test_training_data_from_predictions_and_gt():
         moved[..., :2] += rng.normal(0, 15, size=moved[..., :2].shape)
         noisy.append({"keypoints": moved, "scores": np.ones(len(kps))})
     feats, target = train_rescore.build_rescore_dataset(ids, exact, coco, COCO_KEYPOINTS)
-    assert feats.shape == (58, 74) and torch.allclose(target, torch.ones(58))
+    # tests/data/README.md: 25 people with keypoints in the val subset
+    assert feats.shape == (25, 74) and torch.allclose(target, torch.ones(25))
     _, target = train_rescore.build_rescore_dataset(ids, noisy, coco, COCO_KEYPOINTS, top_k=1)
-    assert len(target) < 58 and (target < 1).all() and (target > 0).any()
+    assert len(target) < 25 and (target < 1).all() and (target > 0).any()

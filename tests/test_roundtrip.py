@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from dekr import targets
 from dekr.decoder import DEKRDecoder
 from dekr.keypoints import COCO_KEYPOINTS
 
-from dekr import targets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import roundtrip  # noqa: E402
 from conftest import REPO, TEST_DATA  # noqa: E402
