@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny synthetic dataset and a tiny trained checkpoint."""
+"""Shared fixtures: a tiny synthetic dataset and a tiny trained checkpoint.
+
+No test is ever skipped: everything a test needs is in the repository (``tests/data``) or in the
+``dev`` extra, so a skip means something is missing and fails the run (see the hooks below).
+"""
 
 from __future__ import annotations
 
@@ -62,3 +66,26 @@ def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", tiny_overrides(synthetic_root, out))
     result = train(recipe)
     return {"result": result, "out": out, "root": synthetic_root}
+
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test fails the run: with the ``dev`` extra installed nothing may be skipped."""
+    if _SKIPPED and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _SKIPPED:
+        terminalreporter.write_line(
+            f"error: {len(_SKIPPED)} test(s) skipped; nothing may be skipped "
+            f"(install the dev extra: pip install -e '.[dev]'): {', '.join(_SKIPPED)}",
+            red=True,
+        )

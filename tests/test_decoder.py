@@ -147,11 +147,11 @@ def test_padding_does_not_change_results():
     assert len(out[1]["scores"]) == 3
 
 
-def test_multi_scale_adds_candidates_and_renormalises():
+def test_multi_scale_poses_merge_in_scale_1_pixels():
     people = random_people(3, 3, 32, 48, seed=3)
     h1, o1 = render_maps(people, 32, 48)
     h2, o2 = render_maps(people * 2, 64, 96)
-    h2 = h2 * 0.5  # weaker scale: its scores are renormalised to the scale-1 maximum
+    h2 = h2 * 0.5  # weaker scale
     dec = DEKRDecoder(SPEC3, nms_threshold=0.15)
     maps = [
         ScaleMaps(h2[None], o2[None], torch.tensor([[64, 96]]), 2.0),
@@ -162,6 +162,30 @@ def test_multi_scale_adds_candidates_and_renormalises():
     order = out["keypoints"][:, 0, 0].argsort()
     expect = people[people[:, 0, 0].argsort()] * 4
     torch.testing.assert_close(out["keypoints"][order, :, :2], expect, atol=0.05, rtol=0)
+
+
+def test_multi_scale_scores_are_renormalised_to_scale_1():
+    """Scale ≠ 1 centre scores × max(scale-1 centres) / max(this scale) × scale_decrease."""
+    people = random_people(3, 3, 32, 48, seed=3)
+    h1, o1 = render_maps(people, 32, 48)
+    h2, o2 = render_maps(people * 2, 64, 96)
+    h2 = h2 * 0.5  # half the amplitude at scale 2: renormalisation must undo it
+    maps = [
+        ScaleMaps(h2[None], o2[None], torch.tensor([[64, 96]]), 2.0),
+        ScaleMaps(h1[None], o1[None], torch.tensor([[32, 48]]), 1.0),
+    ]
+    scores = {}
+    for decrease in (1.0, 0.9):
+        # no pose NMS: both scales' poses of each person are kept, scale 2's first
+        out = DEKRDecoder(SPEC3, nms_threshold=0.0, scale_decrease=decrease).decode(maps)[0]
+        assert len(out["scores"]) == 6
+        xy = out["keypoints"][:, 0, :2]
+        pair = torch.cdist(xy[:3], xy[3:]).argmin(1)  # scale-2 pose i ↔ scale-1 pose pair[i]
+        scores[decrease] = (out["scores"][:3], out["scores"][3:][pair])
+    scale2, scale1 = scores[1.0]
+    torch.testing.assert_close(scale2, scale1, rtol=0.02, atol=0)  # not halved
+    torch.testing.assert_close(scores[0.9][0], 0.9 * scale2, rtol=1e-5, atol=0)
+    torch.testing.assert_close(scores[0.9][1], scale1, rtol=1e-6, atol=0)  # scale 1 untouched
 
 
 def test_default_nms_num_and_max_people():

@@ -44,13 +44,14 @@ def test_exact_parameter_counts(backbone: str, k: int, params: int) -> None:
 
 
 def test_w32_multiply_adds() -> None:
-    model = build_model("hrnet_w32", num_keypoints=17)
+    with torch.device("meta"):  # shapes only: the count needs no arithmetic
+        model = build_model("hrnet_w32", num_keypoints=17)
     assert count_multiply_adds(model, (512, 512)) == 45_385_056_256
 
 
-@pytest.mark.slow
 def test_w48_multiply_adds() -> None:
-    model = build_model("hrnet_w48", num_keypoints=17)
+    with torch.device("meta"):
+        model = build_model("hrnet_w48", num_keypoints=17)
     assert count_multiply_adds(model, (640, 640)) == 141_526_732_800
 
 

@@ -18,6 +18,7 @@ def _example() -> str:
     return block.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_readme_library_example(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
