@@ -1,12 +1,23 @@
-"""COCO keypoint AP through pycocotools, with the spec's OKS sigmas (detectron2-style evaluator).
+"""Keypoint AP with the spec's OKS sigmas (detectron2-style evaluator), under the dataset's rules.
+
+Two rule sets, chosen from the keypoint spec (:func:`evaluation_rules`):
+
+* ``"coco"`` (every spec but CrowdPose's): pycocotools ``keypoints``. OKS scale = the annotation's
+  ``area`` (where missing: the area of the labelled keypoints' box); AP, AP50, AP75, APM, APL, AR,
+  AR50, AR75, ARM, ARL.
+* ``"crowdpose"`` (the CrowdPose keypoint set): the CrowdPose benchmark's rules (crowdposetools,
+  xtcocotools ``keypoints_crowd`` with ``use_area=False``), computed by faster-coco-eval in that
+  mode. OKS scale = 0.53 · w · h of the ground-truth ``bbox`` (the ``area`` field is not used; where
+  ``bbox`` is missing it is the labelled keypoints' box); no area ranges; AP, AP50, AP75, AR, AR50,
+  AR75 and, when every evaluated image carries ``crowdIndex``, AP on its easy (crowdIndex < 0.2),
+  medium (0.2 <= crowdIndex < 0.8) and hard (>= 0.8) images (APE, APM_crowd, APH).
 
 ``COCOEvaluator.process`` keeps one entry per image id, so repeated images (the distributed
 sampler pads the last batch by repeating samples; gathered predictions of all ranks may be fed
 again) are never counted twice. Its inputs and :meth:`COCOEvaluator.state` are plain lists, easy to
 all-gather. Without a COCO JSON, ground truth is built in memory from samples
-(:meth:`COCOEvaluator.add_ground_truth`); a missing annotation area (CrowdPose) is replaced by the
-area of the labelled keypoints' box. When the images carry ``crowdIndex``, AP is also reported for
-CrowdPose's easy (< 0.1), medium (0.1-0.8) and hard (> 0.8) subsets.
+(:meth:`COCOEvaluator.add_ground_truth`). Only the images with predictions are evaluated (all of
+them in a full validation run, as the official tools do).
 """
 
 from __future__ import annotations
@@ -19,16 +30,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import faster_coco_eval
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dekr.keypoints import KeypointSpec
+from dekr.keypoints import CROWDPOSE_KEYPOINTS, KeypointSpec
 
-__all__ = ["COCOEvaluator", "format_table", "keypoint_box_area"]
+__all__ = [
+    "COCOEvaluator",
+    "CROWD_INDEX_THRESHOLDS",
+    "RULES",
+    "evaluation_rules",
+    "format_table",
+    "keypoint_box_area",
+]
 
 _STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
-_CROWD_SPLITS = (("APE", 0.0, 0.1), ("APM_crowd", 0.1, 0.8), ("APH", 0.8, float("inf")))
+_CROWD_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75")
+_CROWD_SPLIT_NAMES = ("APE", "APM_crowd", "APH")
+# crowdposetools' COCOeval.summarize calls get_type_result(first=0.2, second=0.8): easy =
+# crowdIndex < 0.2, medium = crowdIndex < 0.8, hard = the rest (faster-coco-eval's summarize too).
+CROWD_INDEX_THRESHOLDS = (0.2, 0.8)
+
+RULES = {  # what the table's first line says about the numbers
+    "coco": "COCO rules (pycocotools keypoints): OKS scale = annotation area; area ranges M, L",
+    "crowdpose": (
+        "CrowdPose benchmark rules (faster-coco-eval keypoints_crowd, use_area=False): OKS scale = "
+        "0.53 * GT bbox w*h; easy / medium / hard = crowdIndex < {0} / < {1} / >= {1}"
+    ).format(*CROWD_INDEX_THRESHOLDS),
+}
+
+
+def evaluation_rules(spec: KeypointSpec) -> str:
+    """``"crowdpose"`` for the CrowdPose keypoint set (its 14 names, in order), else ``"coco"``."""
+    return "crowdpose" if tuple(spec.names) == CROWDPOSE_KEYPOINTS.names else "coco"
 
 
 def keypoint_box_area(keypoints: np.ndarray) -> float:
@@ -65,27 +101,51 @@ def _quiet_coco(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    """Two-row COCO table of the metrics, ending with a line ``AP <value>``."""
-    names = [n for n in _STAT_NAMES + tuple(s[0] for s in _CROWD_SPLITS) if n in metrics]
+def format_table(metrics: dict[str, float], rules: Optional[str] = None) -> str:
+    """Two-row table of the metrics, ending with a line ``AP <value>``.
+
+    With ``rules`` (a key of :data:`RULES`) a first line names the rules the numbers follow.
+    """
+    known = _STAT_NAMES + _CROWD_SPLIT_NAMES
+    names = [n for n in known if n in metrics]
     head = "| " + " | ".join(f"{n:>9}" for n in names) + " |"
     rule = "|" + "|".join("-" * 11 for _ in names) + "|"
     row = "| " + " | ".join(f"{metrics[n]:9.4f}" for n in names) + " |"
-    return "\n".join([head, rule, row, f"AP {metrics.get('AP', 0.0):.4f}"])
+    lines = [head, rule, row, f"AP {metrics.get('AP', 0.0):.4f}"]
+    if rules is not None:
+        lines.insert(0, f"Keypoint AP under {RULES[rules]}")
+    return "\n".join(lines)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 class COCOEvaluator:
-    """Collect predictions per image and evaluate OKS AP with pycocotools.
+    """Collect predictions per image and evaluate OKS AP (pycocotools, or the CrowdPose rules).
 
     Args:
         spec: keypoint set; its sigmas become ``kpt_oks_sigmas``.
         coco_gt: ground truth; ``None`` to build it from :meth:`add_ground_truth` calls.
         category_id: the person category of results.
+        rules: ``"coco"`` or ``"crowdpose"`` (see the module docstring); default
+            :func:`evaluation_rules` of ``spec``.
     """
 
-    def __init__(self, spec: KeypointSpec, coco_gt: Optional[COCO] = None, category_id: int = 1):
+    def __init__(
+        self,
+        spec: KeypointSpec,
+        coco_gt: Optional[COCO] = None,
+        category_id: int = 1,
+        rules: Optional[str] = None,
+    ):
         self.spec = spec
         self.category_id = category_id
+        self.rules = evaluation_rules(spec) if rules is None else rules
+        if self.rules not in RULES:
+            raise ValueError(
+                f"unknown evaluation rules {self.rules!r}; expected one of {list(RULES)}"
+            )
         self.coco_gt = coco_gt
         if coco_gt is not None:
             _fill_missing(coco_gt.dataset)  # coco_gt.anns shares these dicts
@@ -187,22 +247,57 @@ class COCOEvaluator:
             ev.summarize()
         return np.maximum(ev.stats, 0.0)
 
+    def _crowdpose_eval(
+        self, gt: COCO, results: list[dict[str, Any]], img_ids: list[int]
+    ) -> dict[str, float]:
+        """The CrowdPose benchmark's numbers on ``img_ids`` through faster-coco-eval.
+
+        Its ground truth holds just these images, so its easy/medium/hard split (which reads the
+        ground truth's image list) partitions exactly the evaluated images.
+        """
+        ids = set(img_ids)
+        images = [dict(gt.imgs[i]) for i in sorted(ids)]
+        dataset = {
+            "images": images,
+            "annotations": [dict(a) for a in gt.dataset["annotations"] if a["image_id"] in ids],
+            "categories": copy.deepcopy(gt.dataset["categories"]),
+        }
+        fgt = faster_coco_eval.COCO(dataset, print_function=_silent)
+        fdt = fgt.loadRes(copy.deepcopy(results))
+        ev = faster_coco_eval.COCOeval_faster(
+            fgt, fdt, "keypoints_crowd", print_function=_silent,
+            kpt_oks_sigmas=list(self.spec.sigmas), use_area=False,
+        )  # fmt: skip
+        ev.evaluate()
+        ev.accumulate()
+        max_dets = ev.params.maxDets[-1]  # 20
+        # what ev.summarize() prints for keypoints_crowd, in two parts: the overall numbers ...
+        values = [
+            ev._summarize(ap, iouThr=thr, maxDets=max_dets)
+            for ap in (1, 0)
+            for thr in (None, 0.5, 0.75)
+        ]
+        names = _CROWD_STAT_NAMES
+        if all("crowdIndex" in im for im in images):  # ... and AP on easy / medium / hard images
+            values += ev.get_type_result(*CROWD_INDEX_THRESHOLDS)
+            names += _CROWD_SPLIT_NAMES
+        return {n: max(float(v), 0.0) for n, v in zip(names, values)}
+
     def evaluate(self) -> dict[str, float]:
-        """COCO keypoint metrics (AP, AP50, AP75, APM, APL, AR, …; plus APE/APM_crowd/APH)."""
+        """Metrics under :attr:`rules`: COCO (AP, AP50, AP75, APM, APL, AR, …) or CrowdPose (AP,
+        AP50, AP75, AR, AR50, AR75, and APE / APM_crowd / APH when the images carry crowdIndex)."""
         gt = self.coco_gt if self.coco_gt is not None else self._build_gt()
         results = self.state()
         img_ids = self.image_ids
-        metrics = {n: 0.0 for n in _STAT_NAMES}
-        if results and img_ids:
-            metrics = dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
-        crowd = {i: gt.imgs[i].get("crowdIndex") for i in img_ids if i in gt.imgs}
-        if crowd and all(v is not None for v in crowd.values()):  # CrowdPose easy/medium/hard
-            for name, lo, hi in _CROWD_SPLITS:
-                ids = [i for i, c in crowd.items() if lo <= c < hi]
-                subset = [r for r in results if r["image_id"] in set(ids)]
-                metrics[name] = float(self._coco_eval(gt, subset, ids)[0]) if subset else 0.0
-        return metrics
+        if self.rules == "crowdpose":
+            if results and img_ids:
+                return self._crowdpose_eval(gt, results, img_ids)
+            split = bool(img_ids) and all("crowdIndex" in gt.imgs.get(i, {}) for i in img_ids)
+            return {n: 0.0 for n in _CROWD_STAT_NAMES + (_CROWD_SPLIT_NAMES if split else ())}
+        if not (results and img_ids):
+            return {n: 0.0 for n in _STAT_NAMES}
+        return dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
 
     def summary(self, metrics: Optional[dict[str, float]] = None) -> str:
-        """:func:`format_table` of ``metrics`` (default: :meth:`evaluate`)."""
-        return format_table(self.evaluate() if metrics is None else metrics)
+        """:func:`format_table` of ``metrics`` (default: :meth:`evaluate`), naming the rules."""
+        return format_table(self.evaluate() if metrics is None else metrics, self.rules)
