@@ -19,9 +19,26 @@ Heavy submodules are imported on first use, so ``import dekr`` stays fast.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load lazily below
+    from dekr.config import load_recipe, recipe_from_dict
+    from dekr.data.coco import COCOKeypoints
+    from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
+    from dekr.data.synthetic import ensure_synthetic_splits, generate_synthetic_dataset
+    from dekr.decoder import DEKRDecoder
+    from dekr.drawing import draw_poses
+    from dekr.evaluation import COCOEvaluator
+    from dekr.inference import predict_poses
+    from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointSpec, get_keypoint_spec
+    from dekr.models.dekr import DEKR, build_model
+    from dekr.models.weights import load_imagenet_backbone, load_official_dekr
+    from dekr.module import DekrModule, load_checkpoint
+    from dekr.predict import predict_files
+    from dekr.targets import encode_targets, encode_targets_batch
+    from dekr.training import evaluate, train
 
 _EXPORTS = {
     "KeypointSpec": "dekr.keypoints",
