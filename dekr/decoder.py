@@ -282,8 +282,15 @@ class DEKRDecoder:
             sizes = torch.tensor([heatmaps.shape[-2:]] * heatmaps.shape[0], device=heatmaps.device)
         return self.decode([ScaleMaps(heatmaps, offsets, sizes, 1.0)])
 
-    def _candidates(self, maps: ScaleMaps) -> tuple[Tensor, Tensor, Tensor]:
-        """Candidate poses (B, M, K, 2) in scale-1 input px, centre scores (B, M), valid (B, M)."""
+    def candidates(self, maps: ScaleMaps) -> tuple[Tensor, Tensor, Tensor]:
+        """Pose proposals of one scale, before pose NMS (official ``aggregate_results``).
+
+        Returns:
+            poses (B, M, K, 2) in scale-1 input pixels (flip-averaged when ``maps`` has
+            ``flip_offsets``), centre scores (B, M) not yet renormalised across scales, and a
+            valid mask (B, M) (centre above ``center_threshold``); M = ``max_people``, valid
+            entries first, in descending score order.
+        """
         scores, indices, valid = find_centers(
             maps.heatmaps[:, -1],
             maps.sizes,
@@ -344,7 +351,7 @@ class DEKRDecoder:
         scale_maps = [scale_maps[i] for i in order]
         scales = [m.scale for m in scale_maps]
         ref = scales.index(1.0) if 1.0 in scales else 0
-        cands = [self._candidates(m) for m in scale_maps]
+        cands = [self.candidates(m) for m in scale_maps]
         scores = [c[1] for c in cands]
         valid = [c[2] for c in cands]
         self._renormalise(scores, valid, ref)
