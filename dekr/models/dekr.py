@@ -43,11 +43,17 @@ class DEKR(HRNet):
         self.head_heatmap = nn.ModuleList(
             [nn.Sequential(BasicBlock(hc, hc)), nn.Conv2d(hc, num_keypoints + 1, 1)]
         )
-        self.offset_feature_layers = nn.ModuleList(
-            nn.Sequential(AdaptBlock(oc, adaptive_impl), AdaptBlock(oc, adaptive_impl))
-            for _ in range(num_keypoints)
-        )
-        self.offset_final_layer = nn.ModuleList(nn.Conv2d(oc, 2, 1) for _ in range(num_keypoints))
+        # Built keypoint by keypoint (two AdaptBlocks, then the final conv), in the official
+        # construction order (hrnet_dekr.py _make_separete_regression_head), so that a seeded
+        # construction draws the same default initial values as the official network.
+        features, finals = [], []
+        for _ in range(num_keypoints):
+            features.append(
+                nn.Sequential(AdaptBlock(oc, adaptive_impl), AdaptBlock(oc, adaptive_impl))
+            )
+            finals.append(nn.Conv2d(oc, 2, 1))
+        self.offset_feature_layers = nn.ModuleList(features)
+        self.offset_final_layer = nn.ModuleList(finals)
         # Run the K branches as grouped operations (~K times fewer calls, same result).
         self.grouped_offsets = True
 
