@@ -113,6 +113,41 @@ def test_adaptive_implementations_agree(scale: float) -> None:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (6, 1), (1, 2), (2, 1)])
+@pytest.mark.parametrize("scale", [0.0, 0.4])
+def test_adaptive_implementations_agree_on_one_pixel_wide_maps(
+    size: tuple[int, int], scale: float
+) -> None:
+    """On maps one pixel high or wide both forms read zeros outside the map, values and gradients
+    (the grid_sample form once sampled row / column 0 there instead).
+
+    With ``scale`` 0 every tap sits on an integer position (M = I, t = 0): gradients are compared
+    for the input and the weight only, since the one-sided derivative of bilinear sampling at an
+    integer position on the border is a convention; with ``scale`` 0.4 the positions are
+    generic and the matrix and translation gradients are compared too.
+    """
+    h, w = size
+    conv = AdaptiveConv(3, 4).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    matrix = torch.randn(2, 4, h, w, generator=g, dtype=torch.float64) * scale
+    matrix[:, 0] += 1.0
+    matrix[:, 3] += 1.0
+    translation = torch.randn(2, 2, h, w, generator=g, dtype=torch.float64) * scale
+    geometry = (matrix.requires_grad_(scale > 0), translation.requires_grad_(scale > 0))
+    inputs = (x, conv.weight, *geometry) if scale > 0 else (x, conv.weight)
+    upstream = torch.randn(2, 4, h, w, generator=g, dtype=torch.float64)
+    results = []
+    for impl in ("deform", "grid_sample"):
+        conv.impl = impl
+        out = conv(x, *geometry)
+        grads = torch.autograd.grad(out.mul(upstream).sum(), inputs)
+        results.append((out.detach(), *grads))
+    assert results[0][0].abs().max() > 0.1  # the taps inside the map carry signal
+    for name, a, b in zip(("output", "d_x", "d_weight", "d_matrix", "d_translation"), *results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("impl", ["deform", "grid_sample"])
 def test_identity_matrix_is_a_plain_conv(impl: str) -> None:
     conv = AdaptiveConv(4, 6, impl).double()

@@ -7,8 +7,9 @@ Per output pixel ``p`` a 3x3 convolution samples its nine taps at ``p + M(p)·r_
 * ``"deform"``: ``torchvision.ops.deform_conv2d`` with offsets ``M·R − R + t`` (the kernel adds the
   regular grid itself). Fast on CUDA; its CPU backward is very slow.
 * ``"grid_sample"``: bilinear sampling of the nine taps with ``F.grid_sample`` (zero padding,
-  ``align_corners=True`` so that integer coordinates are pixel centres, as in deform_conv2d) and a
-  1x1 contraction with the same weight. 5-20x faster to train on CPU, and exports to ONNX.
+  integer coordinates at pixel centres as in deform_conv2d, maps of any size including 1 pixel
+  wide or high) and a 1x1 contraction with the same weight. 5-20x faster to train on CPU, and
+  exports to ONNX.
 
 Both read the same parameters (``adapt_conv.weight`` of shape (C_out, C_in, 3, 3)).
 """
@@ -57,10 +58,13 @@ def sample_taps(x: Tensor, positions: Tensor) -> Tensor:
     """
     b, c, h, w = x.shape
     py, px = positions[:, :, 0], positions[:, :, 1]  # (B, 9, H, W)
-    gx = px * (2.0 / max(w - 1, 1)) - 1.0
-    gy = py * (2.0 / max(h - 1, 1)) - 1.0
+    # align_corners=False reads the normalised g at pixel ((g + 1)·size − 1) / 2, so g = (2p + 1) /
+    # size − 1 puts pixel p at p for every size, 1 included (align_corners=True maps a 1-pixel
+    # axis onto pixel 0 whatever p is, instead of the zeros outside).
+    gx = (2.0 * px + 1.0) / w - 1.0
+    gy = (2.0 * py + 1.0) / h - 1.0
     grid = torch.stack((gx, gy), dim=-1).reshape(b, 9 * h, w, 2)
-    taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return taps.reshape(b, c * 9, h, w)
 
 
