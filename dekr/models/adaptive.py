@@ -28,6 +28,7 @@ __all__ = [
     "AdaptiveConv",
     "AdaptBlock",
     "adaptive_conv",
+    "deform_offsets",
     "grouped_adapt_blocks",
     "can_group",
     "resolve_impl",
@@ -71,6 +72,24 @@ def sample_taps(x: Tensor, positions: Tensor) -> Tensor:
 _TAPS = ((-1, -1, -1, 0, 0, 0, 1, 1, 1), (-1, 0, 1, -1, 0, 1, -1, 0, 1))  # rows dy, dx
 
 
+def _displacements(matrix: Tensor, translation: Tensor, groups: int) -> Tensor:
+    """Displacement ``M·r_k + t`` of tap k from its output pixel: (B, G, 9, 2, H, W), (dy, dx)."""
+    b, _, h, w = matrix.shape
+    r = torch.tensor(_TAPS, dtype=matrix.dtype, device=matrix.device)  # (2, 9)
+    m = matrix.reshape(b, groups, 2, 2, h, w)
+    return torch.einsum("bgijhw,jk->bgkihw", m, r) + translation.reshape(b, groups, 1, 2, h, w)
+
+
+def deform_offsets(matrix: Tensor, translation: Tensor, *, groups: int = 1) -> Tensor:
+    """The offsets handed to ``deform_conv2d``: ``M·r_k + t − r_k`` (the kernel adds the regular
+    grid ``r_k`` itself), as (B, G·18, H, W) with channel ``18g + 2k`` = dy and ``18g + 2k + 1`` =
+    dx of tap k (taps row-major over the 3x3 kernel), the layout of the official AdaptBlock."""
+    disp = _displacements(matrix, translation, groups)
+    r = torch.tensor(_TAPS, dtype=disp.dtype, device=disp.device)
+    b, _, _, _, h, w = disp.shape
+    return (disp - r.t().reshape(1, 1, 9, 2, 1, 1)).reshape(b, groups * 18, h, w)
+
+
 def adaptive_conv(
     x: Tensor,
     matrix: Tensor,
@@ -93,13 +112,10 @@ def adaptive_conv(
     """
     b, _, h, w = x.shape
     g = groups
-    r = torch.tensor(_TAPS, dtype=x.dtype, device=x.device)  # (2, 9)
-    m = matrix.reshape(b, g, 2, 2, h, w)
-    # displacement of tap k: M·r_k + t  -> (B, G, 9, 2, H, W)
-    disp = torch.einsum("bgijhw,jk->bgkihw", m, r) + translation.reshape(b, g, 1, 2, h, w)
     if resolve_impl(impl, x.device) == "deform":
-        offsets = disp - r.t().reshape(1, 1, 9, 2, 1, 1)  # deform_conv2d adds the grid itself
-        return deform_conv2d(x, offsets.reshape(b, g * 18, h, w), weight, padding=(1, 1))
+        offsets = deform_offsets(matrix, translation, groups=g)
+        return deform_conv2d(x, offsets, weight, padding=(1, 1))
+    disp = _displacements(matrix, translation, g)
     ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
     positions = disp.reshape(b * g, 9, 2, h, w) + torch.stack(torch.broadcast_tensors(ys, xs), 2)
