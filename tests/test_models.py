@@ -14,6 +14,11 @@ from dekr.models.dekr import build_model
 from dekr.models.summary import count_multiply_adds, count_parameters
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_dekr_keys.json"
+# Parameter and multiply-add counts of the official models, from the official model summary
+# (``official_model_summary`` of the official-code golden outputs, tests/data/conformance).
+OFFICIAL_SUMMARY = json.loads(
+    (Path(__file__).parent / "data" / "conformance" / "model_w32.json").read_text()
+)["official_model_summary"]
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +41,33 @@ def test_unknown_backbone_is_clear() -> None:
 
 
 @pytest.mark.parametrize(
-    "backbone,k,params",
-    [("hrnet_w32", 17, 29_561_182), ("hrnet_w48", 17, 65_684_590), ("hrnet_w32", 14, 29_522_071)],
+    "name,backbone,k",
+    [
+        ("coco_w32_512", "hrnet_w32", 17),  # 29,561,182
+        ("coco_w48_640", "hrnet_w48", 17),  # 65,684,590
+        ("crowdpose_w32_512", "hrnet_w32", 14),  # 29,522,071
+    ],
 )
-def test_exact_parameter_counts(backbone: str, k: int, params: int) -> None:
+def test_exact_parameter_counts(name: str, backbone: str, k: int) -> None:
+    """Parameter counts equal the official model summary's."""
+    params = OFFICIAL_SUMMARY[name]["params"]
     assert count_parameters(build_model(backbone, num_keypoints=k)) == params
 
 
-def test_w32_multiply_adds() -> None:
+@pytest.mark.parametrize(
+    "name,backbone,k,size",
+    [
+        ("coco_w32_512", "hrnet_w32", 17, 512),  # 45.385 G
+        ("coco_w48_640", "hrnet_w48", 17, 640),  # 141.527 G
+        ("crowdpose_w32_512", "hrnet_w32", 14, 512),  # 44.749 G
+    ],
+)
+def test_multiply_adds(name: str, backbone: str, k: int, size: int) -> None:
+    """Multiply-adds equal the official model summary's."""
     with torch.device("meta"):  # shapes only: the count needs no arithmetic
-        model = build_model("hrnet_w32", num_keypoints=17)
-    assert count_multiply_adds(model, (512, 512)) == 45_385_056_256
-
-
-def test_w48_multiply_adds() -> None:
-    with torch.device("meta"):
-        model = build_model("hrnet_w48", num_keypoints=17)
-    assert count_multiply_adds(model, (640, 640)) == 141_526_732_800
+        model = build_model(backbone, num_keypoints=k)
+    expected = OFFICIAL_SUMMARY[name]["multiply_adds"]
+    assert count_multiply_adds(model, (size, size)) == expected
 
 
 @pytest.mark.parametrize(
@@ -129,6 +144,8 @@ def test_adaptive_implementations_agree_on_one_pixel_wide_maps(
     h, w = size
     conv = AdaptiveConv(3, 4).double()
     g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64))
     x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64, requires_grad=True)
     matrix = torch.randn(2, 4, h, w, generator=g, dtype=torch.float64) * scale
     matrix[:, 0] += 1.0
