@@ -15,6 +15,7 @@ from dekr.data.transforms import (
     get_affine_matrix,
     invert_affine,
     normalize_image,
+    sample_affine_params,
     warp_points,
 )
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
@@ -38,8 +39,33 @@ def test_affine_composed_with_inverse_is_identity() -> None:
     pts = np.random.default_rng(1).uniform(0, 400, (10, 2))
     np.testing.assert_allclose(warp_points(warp_points(pts, mat), invert_affine(mat)), pts)
     mid = warp_points(np.array([123.4, 87.6]), mat)
-    np.testing.assert_allclose(mid, [255.5, 255.5])  # the crop centre lands mid-image
+    np.testing.assert_allclose(mid, [256.0, 256.0])  # the crop centre lands on (S/2, S/2)
     np.testing.assert_allclose(compose(flip_matrix(64), flip_matrix(64)), np.eye(2, 3))
+
+
+@pytest.mark.parametrize("side", [512, 384, 640])
+def test_zero_augmentation_is_the_scale_only_map(side: int) -> None:
+    """No rotation, scale 1, no shift: image and labels are only scaled (by 512/side) about the
+    origin, exactly; at side = S nothing moves (the official identity warp)."""
+    rng = np.random.default_rng(0)
+    zero = dict(min_scale=1.0, max_scale=1.0, max_rotation=0.0, max_translate=0.0)
+    center, crop, rot = sample_affine_params(rng, (side, side), **zero)
+    mat = get_affine_matrix(center, crop, rot, 512)
+    np.testing.assert_allclose(mat, [[512 / side, 0, 0], [0, 512 / side, 0]], rtol=0, atol=1e-12)
+    image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    ignore = rng.random((side, side)) < 0.3
+    kps = rng.uniform(0, side, (2, 3, 3)).astype(np.float32)
+    kps[..., 2] = 2
+    sample = {"image": image, "keypoints": kps, "areas": np.ones(2, np.float32),
+              "ignore_mask": ignore, "image_id": 1}  # fmt: skip
+    out = augment_sample(sample, rng=rng, flip_index=SPEC3.flip_index, input_size=512, stride=4,
+                         flip_prob=0.0, **zero)  # fmt: skip
+    np.testing.assert_allclose(out["keypoints"][..., :2], kps[..., :2] * (128 / side), rtol=1e-6)
+    if side == 512:
+        np.testing.assert_array_equal(out["image"], image)
+        np.testing.assert_array_equal(out["keypoints"][..., :2], kps[..., :2] / 4)
+        # output pixel u reads input pixel 4u
+        np.testing.assert_array_equal(out["valid_mask"], ~ignore[::4, ::4])
 
 
 def _dot_image(points: np.ndarray, hw: tuple[int, int], sigma: float = 2.0) -> list[np.ndarray]:
