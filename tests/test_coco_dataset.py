@@ -146,10 +146,13 @@ def test_nan_and_outside_keypoints(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))  # json writes NaN literally
     with pytest.raises(ValueError, match=r"nan\.json.*annotation id 11.*NaN"):
         COCOKeypoints(str(path), str(tmp_path), SPEC3)
-    with pytest.warns(UserWarning, match="1 labelled keypoints"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # kept keypoints outside the image are no warning
         ds = COCOKeypoints(str(_write(tmp_path, _tiny_doc())), str(tmp_path), SPEC3)
     kps, areas = ds._people[7]
-    np.testing.assert_array_equal(kps[0, :, 2], [2, 1, 0])  # x=50 >= width 40
+    # x=50 >= width 40: kept as labelled (it still says where the person is), and counted
+    np.testing.assert_array_equal(kps[0], [[5, 5, 2], [10, 10, 1], [50, 5, 2]])
+    assert ds.num_outside_keypoints == 1
     assert areas[0] == 400.0  # no "area": bbox w*h
 
 

@@ -246,9 +246,10 @@ def _crowded_folder(root: Path, people: int = 120) -> tuple[Path, Path]:
 
 def test_crowded_image_targets_decoder_evaluation(tmp_path: Path) -> None:
     ann, images = _crowded_folder(tmp_path)
-    with pytest.warns(UserWarning, match="1 labelled keypoints lie outside"):
-        ds = COCOKeypoints(str(ann), str(images), COCO_KEYPOINTS)
+    ds = COCOKeypoints(str(ann), str(images), COCO_KEYPOINTS)
+    assert ds.num_outside_keypoints == 1  # kept as labelled
     sample = ds[0]
+    assert sample["keypoints"][0, 0].tolist() == [-50.0, 400.0, 2.0]
     assert sample["keypoints"].shape == (120, 17, 3) and sample["areas"][1] == 0.0
     kps = sample["keypoints"].copy()
     kps[..., :2] /= 4  # output pixels, 24² maps

@@ -6,9 +6,21 @@ the JSON). Behaviour (DEKR_REFERENCE.md §3.1-3.3, COCOKeypoints.py):
 
 * People are the non-crowd annotations with at least one labelled keypoint (v > 0; CrowdPose's
   ``num_keypoints`` counts only v = 2, so the field itself is not trusted).
+* ``official=True`` (recipe ``targets.official``, training split) reads as the official reader
+  does, for the official target rules: non-crowd annotations without labelled keypoints are
+  people too (all v = 0; they stay in the ignore mask; the official targets give them a centre at
+  the image origin), and keypoints stay float64 as parsed from the JSON (the official overlap rule
+  compares a float32 area map with float64 areas, so float32 coordinates change who wins at some
+  pixels).
 * The ignore mask is the union of crowd regions and of non-crowd annotations without labelled
   keypoints (their segmentation, or their bbox when there is none, e.g. CrowdPose).
-* Labelled keypoints outside ``[0, W) × [0, H)`` are set to v = 0 and counted (one warning).
+* Labelled keypoints outside ``[0, W) × [0, H)`` are kept as labelled, as the official reader
+  does: they still say where the person is, so they count for the centre (the mean of the
+  labelled keypoints) and the person's size, and a person partly outside the image keeps its
+  centre where the body is. The targets skip every keypoint that falls outside the warped output
+  map, and the valid mask ignores the heatmap loss outside the original image, so no peak is
+  trained on the black border. They are counted in ``num_outside_keypoints`` (keypoints exactly on
+  the right/bottom edge, ``x = W``, are common rounding and counted too).
 * Annotations without ``area`` (CrowdPose) get the bbox area, or the keypoint-box area.
 """
 
@@ -75,6 +87,8 @@ class COCOKeypoints:
         transform: optional callable applied to the raw sample dict.
         drop_images_without_annotations: keep only images with >= 1 annotation of any kind
             (crowd included), as the official training list does (COCOKeypoints.py:37-42).
+        official: read people and keypoint precision as the official reader does (module
+            docstring): keypoints float64, people without labelled keypoints included.
     """
 
     def __init__(
@@ -85,6 +99,7 @@ class COCOKeypoints:
         *,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         drop_images_without_annotations: bool = False,
+        official: bool = False,
     ) -> None:
         if not os.path.isfile(annotation_file):
             raise FileNotFoundError(f"annotation file not found: {annotation_file}")
@@ -94,6 +109,7 @@ class COCOKeypoints:
         self.image_dir = str(image_dir)
         self.spec = spec
         self.transform = transform
+        self.official = bool(official)
         self.coco = _load_coco(self.annotation_file)
         self.category_ids = self._keypoint_categories()
         self.image_ids: list[int] = sorted(self.coco.getImgIds())
@@ -106,12 +122,6 @@ class COCOKeypoints:
             self.image_ids = [
                 i for i in self.image_ids if len(self._people[i][1]) or self._ignored[i]
             ]
-        if self.num_outside_keypoints:
-            warnings.warn(
-                f"{self.annotation_file}: {self.num_outside_keypoints} labelled keypoints lie "
-                "outside their image; they were set to v=0 (unlabelled)",
-                stacklevel=2,
-            )
 
     def _keypoint_categories(self) -> list[int]:
         k = self.spec.num_keypoints
@@ -141,9 +151,8 @@ class COCOKeypoints:
             )
         x, y = kps[:, 0], kps[:, 1]
         outside = (kps[:, 2] > 0) & ((x < 0) | (y < 0) | (x >= width) | (y >= height))
-        self.num_outside_keypoints += int(outside.sum())
-        kps[outside, 2] = 0
-        return kps.astype(np.float32)
+        self.num_outside_keypoints += int(outside.sum())  # kept as labelled (module docstring)
+        return kps if self.official else kps.astype(np.float32)
 
     def _index_image(self, img_id: int) -> None:
         info = self.coco.imgs[img_id]
@@ -151,13 +160,16 @@ class COCOKeypoints:
         kps_list, areas, ignored = [], [], []
         for ann in self.coco.loadAnns(ann_ids):
             kps = self._keypoints_of(ann, info["width"], info["height"])
-            if ann.get("iscrowd", 0) or not (kps[:, 2] > 0).any():
+            crowd = bool(ann.get("iscrowd", 0))
+            if crowd or not (kps[:, 2] > 0).any():
                 ignored.append(ann)
-                continue
+                if crowd or not self.official:
+                    continue
             kps_list.append(kps)
             areas.append(_annotation_area(ann, kps))
         k = self.spec.num_keypoints
-        kps_arr = np.stack(kps_list) if kps_list else np.zeros((0, k, 3), np.float32)
+        dtype = np.float64 if self.official else np.float32
+        kps_arr = np.stack(kps_list) if kps_list else np.zeros((0, k, 3), dtype)
         self._people[img_id] = (kps_arr, np.asarray(areas, dtype=np.float32))
         self._ignored[img_id] = ignored
 
