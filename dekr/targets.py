@@ -26,6 +26,16 @@ Differences from the official target generators (DEKR_REFERENCE.md §3, items 4,
   and centres outside the map are skipped; persons with annotation area < ``min_center_area``
   (32², COCOKeypoints.py:91) keep their keypoint heatmaps but get no centre and no offsets;
   offsets are not masked by the ignore mask.
+
+``official=True`` (recipe ``targets.official``) reproduces the official targets instead, given the
+per-person ``official_centers`` and ``official_areas`` that
+:func:`dekr.data.transforms.official_people` computes before the warp: the ``max_x² + max_y²``
+area, the (0, 0) centre of people without labelled keypoints (the reader's
+``unlabelled_people=True`` hands them over), the 8×8 window around the truncated centre and the
+shared-area-map overlap rule (:mod:`dekr.official_targets`), and σ = ``sigma`` for rows < 17
+(``center_sigma`` from row 17 on, the centre row included only when K ≥ 17). Together with the
+official flip of the transforms it equals the official arrays on the golden scenes of
+``tests/data/conformance`` (``tests/test_conformance_targets.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import math
 
 import numpy as np
 import torch
+
+from dekr.official_targets import official_offsets, official_offsets_batch
 
 __all__ = ["encode_targets", "encode_targets_batch", "person_centers"]
 
@@ -121,6 +133,9 @@ def encode_targets(
     offset_radius: int = 4,
     min_center_area: float = 32**2,
     min_box_diagonal: float = 32.0,
+    official: bool = False,
+    official_centers: np.ndarray | None = None,
+    official_areas: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """DEKR targets of one sample.
 
@@ -135,6 +150,9 @@ def encode_targets(
         offset_radius: half side of the offset window (DATASET.OFFSET_RADIUS 4).
         min_center_area: annotation area below which a person gets no centre / offsets.
         min_box_diagonal: floor (input px) of the size in the offset weight ``1/size``.
+        official: the official target rules (module docstring); they need
+            ``official_centers`` (N, 2, output px) and ``official_areas`` (N,), input px² from
+            :func:`dekr.data.transforms.official_people`, and ignore ``min_box_diagonal``.
 
     Returns:
         ``heatmaps`` (K+1, h, w), ``heatmap_weights`` (K+1, h, w), ``offsets`` (2K, h, w) and
@@ -150,15 +168,47 @@ def encode_targets(
     mask = np.ones((h, w), np.float32) if valid_mask is None else valid_mask.astype(np.float32)
     hw_ = np.empty((k + 1, h, w), np.float32)
     hw_[:] = mask * np.float32(bg_weight)
-    centres, has_c = person_centers(kps, areas, min_center_area)
     kp_ok = (kps[..., 2] > 0) & _inside(kps, h, w)  # (N, K)
+    if official:
+        centres, has_c = _official_inputs(official_centers, official_areas, areas, n)
+    else:
+        centres, has_c = person_centers(kps, areas, min_center_area)
+    has_c = has_c & (areas >= min_center_area)
     c_ok = has_c & _inside(centres, h, w)
     nn, kk = np.nonzero(kp_ok)
-    _gaussian_scatter(heat, hw_, mask, kps[nn, kk, :2], kk, sigma)
-    _gaussian_scatter(heat, hw_, mask, centres[c_ok], np.full(int(c_ok.sum()), k), center_sigma)
-    size = np.maximum(_box_diagonal(kps) * stride, min_box_diagonal)
-    off, off_w = _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, offset_radius)
+    sig = _row_sigmas(k, sigma, center_sigma, official)
+    for value in np.unique(sig[:k]):
+        sel = sig[kk] == value
+        _gaussian_scatter(heat, hw_, mask, kps[nn[sel], kk[sel], :2], kk[sel], float(value))
+    ctr = np.full(int(c_ok.sum()), k)
+    _gaussian_scatter(heat, hw_, mask, centres[c_ok], ctr, float(sig[k]))
+    if official:
+        off, off_w = official_offsets(
+            kps, kp_ok, centres, has_c, np.asarray(official_areas, np.float64).reshape(n),
+            h, w, offset_radius,
+        )  # fmt: skip
+    else:
+        size = np.maximum(_box_diagonal(kps) * stride, min_box_diagonal)
+        off, off_w = _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, offset_radius)
     return {"heatmaps": heat, "heatmap_weights": hw_, "offsets": off, "offset_weights": off_w}
+
+
+def _row_sigmas(k: int, sigma: float, center_sigma: float, official: bool) -> np.ndarray:
+    """(K+1,) σ per heatmap row: ``center_sigma`` for the centre row; officially for rows >= 17
+    (HeatmapGenerator's ``idx < 17``, so K < 17 gives the centre σ = ``sigma``)."""
+    rows = np.arange(k + 1)
+    limit = 17 if official else k
+    return np.where(rows < limit, sigma, center_sigma)
+
+
+def _official_inputs(centers, areas_off, areas, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if centers is None or areas_off is None:
+        raise ValueError(
+            "official=True needs official_centers and official_areas "
+            "(dekr.data.transforms.warp_sample(..., official=True) returns them)"
+        )
+    centers = np.asarray(centers, dtype=np.float64).reshape(n, 2)
+    return centers, np.ones(n, bool)
 
 
 def _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, radius):
@@ -232,12 +282,18 @@ def encode_targets_batch(
     offset_radius: int = 4,
     min_center_area: float = 32**2,
     min_box_diagonal: float = 32.0,
+    official: bool = False,
+    official_centers: torch.Tensor | None = None,
+    official_areas: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`encode_targets` for a padded batch, on the device and dtype of ``keypoints``.
 
     Args:
         keypoints: (B, N, K, 3) in output pixels; padded people have v = 0 and produce nothing.
         areas: (B, N) annotation areas; valid_mask: (B, h, w) or ``None``.
+        official_centers: (B, N, 2), official_areas: (B, N) (float64 keeps the official
+            float32-area-map comparison exact), for ``official``; padded people need an area
+            below ``min_center_area`` (collate pads with −1).
         Others: as :func:`encode_targets`.
 
     Returns:
@@ -254,19 +310,35 @@ def encode_targets_batch(
     window = torch.zeros_like(heat)
     lab = kps[..., 2] > 0
     cnt = lab.sum(-1)
-    centres = (kps[..., :2] * lab[..., None]).sum(-2) / cnt.clamp(min=1)[..., None]
-    c_ok = (cnt > 0) & (areas >= min_center_area) & _inside_t(centres, h, w)  # (B, N)
+    if official:
+        if official_centers is None or official_areas is None:
+            raise ValueError("official=True needs official_centers and official_areas")
+        centres = official_centers.to(device=dev, dtype=dt).reshape(b, n, 2)
+        has_c = areas >= min_center_area
+    else:
+        centres = (kps[..., :2] * lab[..., None]).sum(-2) / cnt.clamp(min=1)[..., None]
+        has_c = (cnt > 0) & (areas >= min_center_area)
+    c_ok = has_c & _inside_t(centres, h, w)  # (B, N)
     kp_ok = lab & _inside_t(kps, h, w)  # (B, N, K)
     ar_b = torch.arange(b, device=dev)[:, None] * (k + 1)
     bch = (ar_b[:, :, None] + torch.arange(k, device=dev)).expand(b, n, k)
-    _gaussian_scatter_torch(
-        heat, window, kps[..., :2].reshape(-1, 2), kp_ok.reshape(-1), bch.reshape(-1), sigma
-    )
+    sig = _row_sigmas(k, sigma, center_sigma, official)
+    for value in np.unique(sig[:k]):
+        rows = torch.from_numpy(sig[:k] == value).to(dev)
+        _gaussian_scatter_torch(
+            heat, window, kps[..., :2].reshape(-1, 2), (kp_ok & rows).reshape(-1),
+            bch.reshape(-1), float(value),
+        )  # fmt: skip
     bch = (ar_b + k).expand(b, n).reshape(-1)
     _gaussian_scatter_torch(
-        heat, window, centres.reshape(-1, 2), c_ok.reshape(-1), bch, center_sigma
+        heat, window, centres.reshape(-1, 2), c_ok.reshape(-1), bch, float(sig[k])
     )
     hw_ = mask[:, None] * torch.where(window > 0, 1.0, bg_weight).to(dt)
+    if official:
+        off, off_w = official_offsets_batch(
+            kps, kp_ok, centres, has_c, official_areas.reshape(b, n), h, w, offset_radius
+        )
+        return {"heatmaps": heat, "heatmap_weights": hw_, "offsets": off, "offset_weights": off_w}
     big = torch.full_like(kps[..., 0], 1e12)
     lo = torch.where(lab[..., None], kps[..., :2], big[..., None]).amin(-2)
     hi = torch.where(lab[..., None], kps[..., :2], -big[..., None]).amax(-2)
