@@ -98,6 +98,9 @@ class TargetConfig:
     offset_radius: int = 4  # DATASET.OFFSET_RADIUS
     min_center_area: float = 1024.0  # 32²: smaller people get no centre (COCOKeypoints.py)
     on_device: bool = False  # build targets on the training device instead of in workers
+    # the official targets exactly (area rule, (0, 0) centre, 8x8 window, overlap rule, flip at
+    # output resolution, official reader); default: the fixed rules of dekr/targets.py
+    official: bool = False
 
 
 @dataclass
@@ -287,6 +290,7 @@ def target_kwargs(recipe: DictConfig) -> dict[str, Any]:
         bg_weight=t.bg_weight,
         offset_radius=t.offset_radius,
         min_center_area=t.min_center_area,
+        official=t.official,
     )
 
 

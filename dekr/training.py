@@ -161,6 +161,7 @@ class RecipeDataModule(DekrDataModule):
             str(images),
             self.spec,
             drop_images_without_annotations=split == "train" and d.drop_images_without_annotations,
+            official=split == "train" and self.recipe.targets.official,
         )
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -85,3 +85,14 @@ def test_roundtrip_on_synthetic_val(tmp_path, capsys):
     assert roundtrip.main([str(w32), "--annotations", str(paths["val"])]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert float(last.split()[1]) >= 0.99, last
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_roundtrip_image_under_both_target_rules(official: bool) -> None:
+    people = dense_crowd(10) * [4.0, 4.0, 1.0]  # original pixels of a 704 × 512 image
+    decoder = DEKRDecoder(COCO_KEYPOINTS)
+    kwargs = {"official": official}
+    out = roundtrip.roundtrip_image(people, np.full(10, 1e4), 512, 704, decoder=decoder,
+                                    input_size=512, target_kwargs=kwargs)  # fmt: skip
+    dist = np.linalg.norm(out["keypoints"][:, None, :, :2] - people[None, ..., :2], axis=-1)
+    assert (dist.mean(-1).min(0) < 4.0).all()  # every person back within a pixel of the map

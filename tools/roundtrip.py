@@ -47,12 +47,19 @@ def roundtrip_image(
     stride = decoder.stride
     t = eval_transform(height, width, input_size)
     out_h, out_w = t.size[1] // stride, t.size[0] // stride
-    kps = np.asarray(keypoints, dtype=np.float64).copy()
+    raw = np.asarray(keypoints, dtype=np.float64)
+    kps = raw.copy()
     kps[..., :2] = t.to_input(kps[..., :2]) / stride
     kps[kps[..., 2] <= 0] = 0.0
+    extra: dict[str, np.ndarray] = {}
+    if (target_kwargs or {}).get("official"):  # official centres/areas from original pixels
+        from dekr.data.transforms import official_people
+
+        to_out = t.matrix() / stride
+        extra["official_centers"], extra["official_areas"] = official_people(raw, to_out, stride)
     targets = encode_targets(
         kps, np.asarray(areas, dtype=np.float64), None,
-        output_size=(out_h, out_w), stride=stride, **(target_kwargs or {}),
+        output_size=(out_h, out_w), stride=stride, **(target_kwargs or {}), **extra,
     )  # fmt: skip
     heat = torch.from_numpy(targets["heatmaps"])[None]
     offsets = torch.from_numpy(targets["offsets"] * (targets["offset_weights"] > 0))[None]

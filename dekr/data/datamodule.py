@@ -2,8 +2,10 @@
 
 Training batches are dicts: ``image`` (B, 3, S, S), ``image_id`` (B,) and the four target maps of
 :mod:`dekr.targets` (``heatmaps``, ``heatmap_weights``, ``offsets``, ``offset_weights``). With
-``targets_on_device`` the workers ship ``keypoints`` (B, N, K, 3; padded people have v = 0),
-``areas`` (B, N) and ``valid_mask`` (B, h, w) instead, and the datamodule's
+``targets_on_device`` the workers ship ``keypoints`` (B, N, K, 3; padded people have v = 0 and
+area −1), ``areas`` (B, N) and ``valid_mask`` (B, h, w) instead (with ``official`` target
+kwargs also ``official_centers`` (B, N, 2) and float64 ``official_areas`` (B, N)), and the
+datamodule's
 ``on_after_batch_transfer`` builds the same maps on the training device, so the LightningModule
 sees one batch layout (a LightningModule overriding that hook too is shadowed by Lightning).
 Validation batches are lists of raw samples (:func:`collate_eval`). Samplers (DistributedSampler
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 TARGET_MAPS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
+OFFICIAL_INPUTS = ("official_centers", "official_areas")  # warp_sample(..., official=True)
 
 
 class TrainSampleTransform:
@@ -44,7 +47,8 @@ class TrainSampleTransform:
         input_size: side S of the square network input (DATASET.INPUT_SIZE 512 / 640).
         output_stride: input pixels per output pixel (512 / 128 = 4).
         targets_on_device: ship keypoints/areas/valid mask instead of target maps.
-        target_kwargs: keyword arguments of :func:`dekr.targets.encode_targets` (sigma, ...).
+        target_kwargs: keyword arguments of :func:`dekr.targets.encode_targets` (sigma, ...);
+            ``official=True`` there also selects the official flip of the augmentation.
         augment_kwargs: keyword arguments of :func:`dekr.data.transforms.sample_affine_params`
             (min_scale, max_scale, max_rotation, max_translate).
         flip_prob: probability of the horizontal flip (0.5).
@@ -95,13 +99,16 @@ class TrainSampleTransform:
             input_size=self.input_size,
             stride=self.output_stride,
             flip_prob=self.flip_prob,
+            official=bool(self.target_kwargs.get("official", False)),
             **self.augment_kwargs,
         )
+        extra = {key: aug[key] for key in OFFICIAL_INPUTS if key in aug}
         out: dict[str, Any] = {"image": normalize_image(aug["image"]), "image_id": aug["image_id"]}
         if self.targets_on_device:
             out["keypoints"] = torch.from_numpy(aug["keypoints"])
             out["areas"] = torch.from_numpy(aug["areas"])
             out["valid_mask"] = torch.from_numpy(aug["valid_mask"])
+            out.update({key: torch.from_numpy(value) for key, value in extra.items()})
             return out
         maps = encode_targets(
             aug["keypoints"],
@@ -110,13 +117,15 @@ class TrainSampleTransform:
             output_size=self.input_size // self.output_stride,
             stride=self.output_stride,
             **self.target_kwargs,
+            **extra,
         )
         out.update({k: torch.from_numpy(v) for k, v in maps.items()})
         return out
 
 
 def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack training samples; keypoints are padded to the batch's largest N with v = 0."""
+    """Stack training samples; keypoints are padded to the batch's largest N with v = 0 and
+    area −1 (no person: below any ``min_center_area``, also under the official rules)."""
     batch: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),
         "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.long),
@@ -128,12 +137,19 @@ def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         n = max(s["keypoints"].shape[0] for s in samples)
         k = samples[0]["keypoints"].shape[1]
         kps = torch.zeros(len(samples), n, k, 3)
-        areas = torch.zeros(len(samples), n)
+        areas = torch.full((len(samples), n), -1.0)
         for i, s in enumerate(samples):
             kps[i, : len(s["keypoints"])] = s["keypoints"]
             areas[i, : len(s["areas"])] = s["areas"]
         batch["keypoints"], batch["areas"] = kps, areas
         batch["valid_mask"] = torch.stack([s["valid_mask"] for s in samples])
+        if "official_areas" in samples[0]:
+            centers = torch.zeros(len(samples), n, 2, dtype=torch.float64)
+            official = torch.zeros(len(samples), n, dtype=torch.float64)
+            for i, s in enumerate(samples):
+                centers[i, : len(s["official_centers"])] = s["official_centers"]
+                official[i, : len(s["official_areas"])] = s["official_areas"]
+            batch["official_centers"], batch["official_areas"] = centers, official
     return batch
 
 
@@ -222,9 +238,17 @@ class DekrDataModule(pl.LightningDataModule):
 
 
 def add_device_targets(batch: dict[str, Any], **target_kwargs: Any) -> dict[str, Any]:
-    """Add the four target maps to a collated batch with keypoints/areas/valid_mask."""
+    """Add the four target maps to a collated batch with keypoints/areas/valid_mask (and the
+    official centres/areas when ``target_kwargs`` has ``official=True``)."""
     h, w = batch["valid_mask"].shape[-2:]
     stride = batch["image"].shape[-1] // w
+    if target_kwargs.get("official") and "official_areas" not in batch:
+        raise ValueError(
+            "targets.official=true with targets.on_device=true needs batches with "
+            "official_centers/official_areas: build them with TrainSampleTransform(..., "
+            "target_kwargs={'official': True}) and collate_train"
+        )
+    extra = {key: batch[key] for key in OFFICIAL_INPUTS if key in batch}
     maps = encode_targets_batch(
         batch["keypoints"],
         batch["areas"],
@@ -232,5 +256,6 @@ def add_device_targets(batch: dict[str, Any], **target_kwargs: Any) -> dict[str,
         output_size=(h, w),
         stride=stride,
         **target_kwargs,
+        **(extra if target_kwargs.get("official") else {}),
     )
     return {**batch, **maps}
