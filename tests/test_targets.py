@@ -170,3 +170,57 @@ def test_torch_batch_padding_produces_nothing() -> None:
     single = encode_targets(kps[0, :1].numpy(), np.array([5000.0]), None, output_size=40)
     for key in single:
         np.testing.assert_allclose(out[key][0].numpy(), single[key], atol=1e-6)
+
+
+def _official_inputs(kps: np.ndarray, stride: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Official centres/areas of (N, K, 3) output-px people, as if output px = original px / 4."""
+    from dekr.data.transforms import official_people
+
+    to_out = np.array([[1 / stride, 0, 0], [0, 1 / stride, 0]])
+    raw = kps.astype(np.float64).copy()
+    raw[..., :2] *= stride
+    return official_people(raw, to_out, stride)
+
+
+@pytest.mark.parametrize("k", [3, 17, 20])
+def test_official_numpy_equals_torch_batch(k: int) -> None:
+    """Official rules: the sequential overlap loop in numpy and batched in torch agree, with
+    padded people (area −1) producing nothing."""
+    rng = np.random.default_rng(10 + k)
+    kps, areas, mask = _random_batch(rng, 3, 6, k, 48)
+    kps[..., :2] = np.clip(kps[..., :2], 0, 60)  # crowded: many overlapping windows
+    kps[1, 0, :, 2] = 0  # a person without labelled keypoints: the official (0, 0) centre
+    areas[1, 0] = 5000.0
+    areas[0, -2:] = -1  # padding, as collate_train pads
+    kw = dict(output_size=48, official=True)
+    inputs = [_official_inputs(kps[i]) for i in range(3)]
+    ref = [encode_targets(kps[i], areas[i], mask[i], official_centers=c, official_areas=a, **kw)
+           for i, (c, a) in enumerate(inputs)]  # fmt: skip
+    centers = torch.from_numpy(np.stack([c for c, _ in inputs]))
+    official = torch.from_numpy(np.stack([a for _, a in inputs]))
+    out = encode_targets_batch(torch.from_numpy(kps), torch.from_numpy(areas),
+                               torch.from_numpy(mask), official_centers=centers,
+                               official_areas=official, **kw)  # fmt: skip
+    for key, val in out.items():
+        np.testing.assert_allclose(val.numpy(), np.stack([r[key] for r in ref]), atol=1e-5)
+    assert out["heatmaps"][1, k, 0, 0] == 1.0  # the (0, 0) centre
+    alone = encode_targets(kps[0, :-2], areas[0, :-2], mask[0], official_centers=inputs[0][0][:-2],
+                           official_areas=inputs[0][1][:-2], **kw)  # fmt: skip
+    for key in alone:
+        np.testing.assert_array_equal(ref[0][key], alone[key])
+    with pytest.raises(ValueError, match="official_centers"):
+        encode_targets(kps[0], areas[0], mask[0], **kw)
+
+
+@pytest.mark.parametrize("k", [3, 17, 20])
+def test_official_sigma_follows_the_literal_row_17(k: int) -> None:
+    """HeatmapGenerator: σ = SIGMA for rows < 17, CENTER_SIGMA from row 17 on (so K = 3 puts
+    σ = 2 on the centre, K = 20 puts σ = 4 on joints 17..19)."""
+    person = _person([(20.0 + j % 5, 20.0 + j // 5) for j in range(k)])[None]
+    person[0, :, :2] = [(20, 20)] * k  # every joint and the centre at (20, 20)
+    c, a = _official_inputs(person)
+    t = encode_targets(person, np.array([5000.0]), None, output_size=48, official=True,
+                       official_centers=c, official_areas=a, min_center_area=0)  # fmt: skip
+    near = t["heatmaps"][:, 20, 21]  # one pixel from every peak: exp(-1 / (2σ²))
+    sig = np.where(np.arange(k + 1) < 17, 2.0, 4.0)
+    np.testing.assert_allclose(near, np.exp(-1 / (2 * sig**2)), rtol=1e-6)
