@@ -21,6 +21,8 @@ Differences from the official target generators (DEKR_REFERENCE.md §3, items 4,
 * Offset window: the (2r+1)² pixels centred on the ROUNDED centre (symmetric, 9×9 for r = 4), the
   pixel the decoder's centre NMS picks from a sub-pixel Gaussian peak. Official: truncated
   centre and an asymmetric −r..r−1 window (8×8).
+* Keypoints come as float32 (the sample contract; official: float64), so heatmaps and offsets
+  differ from the official ones by float32 rounding of the coordinates (< 4e-6).
 * Kept: Gaussian window ``[floor(x−3σ−1), ceil(x+3σ+2))``, max-combined, sub-pixel peaks; weights
   1 inside windows and ``bg_weight`` (BG_WEIGHT 0.1) elsewhere, times the valid mask; keypoints
   and centres outside the map are skipped; persons with annotation area < ``min_center_area``
