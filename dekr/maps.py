@@ -9,9 +9,11 @@ Conventions, for every function here:
 * Up-sampling follows the official DEKR ``up_interpolate``, see :func:`upsample_source`.
 
 Only torch and the standard library are imported, so any module of the package can use this one
-without forming an import cycle. Every function is traceable by the TorchScript ONNX exporter
-with dynamic map sizes (bounds that depend on a map size are tensors, not Python constants), and
-gives the same numbers in eager mode and in an exported graph.
+without forming an import cycle. :func:`max_filter`, :func:`suppress_non_maxima`,
+:func:`upsample_source`, :func:`bilinear_points` and :func:`upsampled_points` trace into ONNX
+graphs (TorchScript exporter) with dynamic map sizes, since the bounds that depend on a map size
+are tensors there, and give the same numbers in eager torch and in the exported graph; the grid
+forms :func:`bilinear_grid` and :func:`upsampled_grid` are for eager use.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def max_filter(maps: Tensor, size: int) -> Tensor:
 def suppress_non_maxima(maps: Tensor, size: int, *, fill: float = 0.0) -> Tensor:
     """``maps`` where a pixel equals the :func:`max_filter` of its neighbourhood, else ``fill``.
 
-    Plateaus keep all their pixels (ties are maxima); −inf pixels (masked out by the caller) are
-    maxima of an all −inf neighbourhood and stay −inf. (..., h, w) → (..., h, w).
+    Plateaus keep all their pixels (ties are maxima). A −inf pixel (masked out by the caller)
+    whose whole neighbourhood is −inf stays −inf; next to a finite pixel it becomes ``fill``.
+    (..., h, w) → (..., h, w).
     """
     return torch.where(max_filter(maps, size) == maps, maps, fill)
 
@@ -155,7 +158,7 @@ def bilinear_grid(maps: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
     def along(m: Tensor, src: Tensor, dim: int) -> Tensor:
         n = m.shape[dim]
-        low = src.floor().clamp(0, n - 1)
+        low = src.floor()
         shape = [b, 1, 1, 1]
         shape[dim] = src.shape[1]
         frac = (src - low).to(m.dtype).reshape(shape)
@@ -163,9 +166,9 @@ def bilinear_grid(maps: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         def take(index: Tensor) -> Tensor:
             size = list(m.shape)
             size[dim] = src.shape[1]
-            return m.gather(dim, index.long().reshape(shape).expand(size))
+            return m.gather(dim, index.clamp(0, n - 1).long().reshape(shape).expand(size))
 
-        return _lerp(take(low), take((low + 1).clamp(max=n - 1)), frac)
+        return _lerp(take(low), take(low + 1), frac)
 
     return along(along(maps, rows, 2), cols, 3)
 
