@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dekr.keypoints import KeypointSpec
+from dekr.maps import (
+    max_filter,
+    pool_kernel_for,
+    reference_index,
+    suppress_non_maxima,
+    upsampled_points,
+)
+from dekr.matching import average_heatmaps, match_poses_to_heatmaps
 
 __all__ = [
     "ScaleMaps",
@@ -68,31 +75,6 @@ def offsets_to_poses(offsets: Tensor) -> Tensor:
     return grid[None, :, :, None, :] - off
 
 
-def max_filter(maps: Tensor, size: int) -> Tensor:
-    """``max_pool2d(size, stride=1, padding=size // 2)`` over the last two axes of (..., h, w).
-
-    Computed as separable maxima of shifted slices (odd ``size``): on CPU many times faster than
-    ``F.max_pool2d`` with stride 1 (about 0.4 ms for one 128×176 map); same values.
-    """
-    r = size // 2
-    h, w = maps.shape[-2:]
-    padded = F.pad(maps, (r, r, r, r), value=float("-inf"))
-    rows = padded[..., :, :w]
-    for i in range(1, size):
-        rows = torch.maximum(rows, padded[..., :, i : i + w])
-    out = rows[..., :h, :]
-    for i in range(1, size):
-        out = torch.maximum(out, rows[..., i : i + h, :])
-    return out
-
-
-def _pool_kernel(h: int, w: int, thresholds: Sequence[int]) -> int:
-    """Centre NMS kernel from the map size: 3 / 5 / 7 (official POOL_THRESHOLD2/1 = 200/300)."""
-    size = (h + w) / 2.0
-    small, large = thresholds
-    return 7 if size > large else 5 if size > small else 3
-
-
 def find_centers(
     center_maps: Tensor,
     sizes: Tensor,
@@ -115,48 +97,14 @@ def find_centers(
     xs = torch.arange(w, device=center_maps.device)[None, None, :]
     inside = (ys < sizes[:, 0, None, None]) & (xs < sizes[:, 1, None, None])
     maps = center_maps.masked_fill(~inside, float("-inf"))
-    kernels = [_pool_kernel(int(hh), int(ww), pool_thresholds) for hh, ww in sizes.tolist()]
+    kernels = [pool_kernel_for((int(hh), int(ww)), pool_thresholds) for hh, ww in sizes.tolist()]
     if len(set(kernels)) == 1:
-        pooled = max_filter(maps, kernels[0])
+        peaks = suppress_non_maxima(maps, kernels[0])
     else:
-        pooled = torch.stack([max_filter(m, k) for m, k in zip(maps, kernels)])
-    peaks = torch.where(pooled == maps, maps, torch.zeros_like(maps)).masked_fill(~inside, -1.0)
+        peaks = torch.stack([suppress_non_maxima(m, k) for m, k in zip(maps, kernels)])
+    peaks = peaks.masked_fill(~inside, -1.0)
     scores, indices = peaks.flatten(1).topk(min(max_people, h * w), dim=1)
     return scores, indices, scores > threshold
-
-
-def _up_source(coord: Tensor, size_s: Tensor, scale: float, stride: int) -> Tensor:
-    """Source coordinate in a scale-s map of an integer pixel of the scale-1 upsampled map.
-
-    Follows the official ``up_interpolate``: bilinear with ``align_corners=True`` to ``T − r + 1``
-    pixels (T = int(stride / s · n), r = int(T / n)), then replicate padding of ``r − 1``.
-    """
-    n = size_s.to(coord.dtype)
-    target = torch.floor(stride / scale * n)
-    ratio = torch.floor(target / n)
-    last = target - ratio  # last interpolated index
-    coord = torch.minimum(coord, last)
-    return torch.where(last > 0, coord * (n - 1) / last.clamp(min=1), torch.zeros_like(coord))
-
-
-def _bilinear_points(maps: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """Bilinear values of maps (B, K, h, w) at points x, y (B, M, K) of the same channel k."""
-    b, k, h, w = maps.shape
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    flat = maps.flatten(2).transpose(1, 2)  # (B, h·w, K)
-    m = x.shape[1]
-
-    def at(yy: Tensor, xx: Tensor) -> Tensor:
-        yy = yy.clamp(0, h - 1).long()
-        xx = xx.clamp(0, w - 1).long()
-        idx = (yy * w + xx).reshape(b, m * k, 1)
-        chan = torch.arange(k, device=maps.device).repeat(m).expand(b, -1)[..., None]
-        return flat.gather(1, idx.expand(-1, -1, k)).gather(2, chan).reshape(b, m, k)
-
-    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
 
 
 def sample_heat_values(
@@ -172,6 +120,8 @@ def sample_heat_values(
     The official code upsamples every scale's heatmaps to the scale-1 input resolution, averages
     them and reads the joint's channel at the floored, clamped position. Only the needed points
     are evaluated here, with the same interpolation, so no full-resolution map is materialised.
+    Every step is a tensor operation on the given sizes, so the function also traces into an ONNX
+    graph with dynamic sizes (:class:`dekr.export.InGraphDecoder` reads its heat with it).
 
     Args:
         heatmaps: per scale (B, K+1, h_s, w_s). sizes: per scale (B, 2) true (h, w).
@@ -180,18 +130,16 @@ def sample_heat_values(
     Returns:
         (B, M, K) heat values.
     """
-    ref = list(scales).index(1.0) if 1.0 in scales else 0
+    ref = reference_index(scales)
     full = sizes[ref].to(points.dtype) * stride  # (B, 2) scale-1 upsampled size (h, w)
-    x = points[..., 0].floor().clamp(min=0)
-    y = points[..., 1].floor().clamp(min=0)
+    x = points[..., 0].transpose(1, 2).floor().clamp(min=0)  # (B, K, M): one channel per joint
+    y = points[..., 1].transpose(1, 2).floor().clamp(min=0)
     x = torch.minimum(x, full[:, 1, None, None] - 1)
     y = torch.minimum(y, full[:, 0, None, None] - 1)
     total = torch.zeros_like(x)
     for maps, size, s in zip(heatmaps, sizes, scales):
-        sx = _up_source(x, size[:, 1, None, None], s, stride)
-        sy = _up_source(y, size[:, 0, None, None], s, stride)
-        total = total + _bilinear_points(maps[:, :-1].to(points.dtype), sx, sy)
-    return total / len(heatmaps)
+        total = total + upsampled_points(maps[:, :-1].to(points.dtype), size, s, stride, x, y)
+    return (total / len(heatmaps)).transpose(1, 2)
 
 
 def pose_nms_keep(
@@ -350,7 +298,7 @@ class DEKRDecoder:
         order = sorted(range(len(scale_maps)), key=lambda i: -scale_maps[i].scale)
         scale_maps = [scale_maps[i] for i in order]
         scales = [m.scale for m in scale_maps]
-        ref = scales.index(1.0) if 1.0 in scales else 0
+        ref = reference_index(scales)
         cands = [self.candidates(m) for m in scale_maps]
         scores = [c[1] for c in cands]
         valid = [c[2] for c in cands]
@@ -385,8 +333,6 @@ class DEKRDecoder:
 
     def _match(self, results: list[dict[str, Tensor]], maps: Sequence[ScaleMaps], ref: int) -> None:
         """Heatmap matching of the kept poses, in place; scores stay as they are."""
-        from dekr.matching import average_heatmaps, match_poses_to_heatmaps  # builds on this module
-
         scales = [m.scale for m in maps]
         avg = average_heatmaps([m.heatmaps for m in maps], [m.sizes for m in maps], scales,
                                stride=self.stride)  # fmt: skip

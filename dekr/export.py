@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dekr.decoder import sample_heat_values
+from dekr.maps import pool_kernel_for, suppress_non_maxima
 from dekr.models import adaptive
 
 __all__ = [
@@ -60,21 +61,16 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def pool_kernel_for(map_size: Sequence[int], thresholds: Sequence[int] = (200, 300)) -> int:
-    """Centre NMS kernel 3 / 5 / 7 from the mean output map side (official POOL_THRESHOLD2/1)."""
-    size = (map_size[0] + map_size[1]) / 2.0
-    return 7 if size > thresholds[1] else 5 if size > thresholds[0] else 3
-
-
 class InGraphDecoder(nn.Module):
     """Model + trace-friendly single-scale, no-flip decoding (the package decoder without NMS).
 
-    Centres: max-pool NMS of the centre map with a fixed ``pool_kernel`` and the top
-    ``max_people`` peaks (the map must have at least ``max_people`` pixels). Poses: pixel − offset
-    at the centre, times ``stride``. Joint scores: centre score × heat value, the heat read as
-    :func:`dekr.decoder.sample_heat_values` does at scale 1 (bilinear in the stride-4 map at
-    ``clamp(floor(x), 0, 4(w−1)) / 4``). Candidates whose centre score is ``<= center_threshold``
-    get all-zero poses and scores. Candidates come in decreasing centre score.
+    Centres: max-pool NMS of the centre map (:func:`dekr.maps.suppress_non_maxima`) with a fixed
+    ``pool_kernel`` and the top ``max_people`` peaks (the map must have at least ``max_people``
+    pixels). Poses: pixel − offset at the centre, times ``stride``. Joint scores: centre score ×
+    heat value, the heat read by :func:`dekr.decoder.sample_heat_values` at scale 1 (bilinear in
+    the stride-4 map at ``clamp(floor(x), 0, 4(w−1)) / 4``). Candidates whose centre score is
+    ``<= center_threshold`` get all-zero poses and scores. Candidates come in decreasing centre
+    score.
 
     ``forward(images (B, 3, H, W))`` → ``poses (B, M, K, 3)`` (x, y in input pixels, joint
     score), ``scores (B, M)`` (mean joint score).
@@ -105,9 +101,7 @@ class InGraphDecoder(nn.Module):
     def decode(self, heatmaps: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
         """Maps (B, K+1, h, w), (B, 2K, h, w) → poses (B, M, K, 3), scores (B, M)."""
         b, k2, h, w = offsets.shape
-        centers = heatmaps[:, -1:]
-        pooled = F.max_pool2d(centers, self.pool_kernel, stride=1, padding=self.pool_kernel // 2)
-        peaks = torch.where(pooled == centers, centers, torch.zeros_like(centers))
+        peaks = suppress_non_maxima(heatmaps[:, -1], self.pool_kernel)
         center_scores, indices = peaks.flatten(1).topk(self.max_people, dim=1)  # (B, M)
         ys = torch.div(indices, w, rounding_mode="floor")
         xs = indices - ys * w
@@ -115,32 +109,13 @@ class InGraphDecoder(nn.Module):
         off = gathered.transpose(1, 2).reshape(b, self.max_people, k2 // 2, 2)
         pixel = torch.stack((xs, ys), dim=-1).to(offsets.dtype)[:, :, None]  # (B, M, 1, 2)
         xy = (pixel - off) * self.stride  # (B, M, K, 2)
-        heat = self._heat_values(heatmaps[:, :-1], xy)
+        one = xy.new_ones(())  # keeps traced sizes in the graph (dynamic shapes)
+        sizes = torch.stack((one * h, one * w))[None].expand(b, -1)  # (B, 2) map size (h, w)
+        heat = sample_heat_values([heatmaps], [sizes], [1.0], xy, stride=self.stride)
         valid = (center_scores > self.center_threshold).to(offsets.dtype)[..., None]
         joint_scores = center_scores[..., None] * heat * valid
         poses = torch.cat((xy * valid[..., None], joint_scores[..., None]), dim=-1)
         return poses, joint_scores.mean(-1)
-
-    def _heat_values(self, maps: Tensor, xy: Tensor) -> Tensor:
-        """Bilinear heat of maps (B, K, h, w) at the scale-1 sources of joints xy (B, M, K, 2)."""
-        b, k, h, w = maps.shape
-        one = xy.new_ones(())  # keeps traced sizes in the graph (dynamic shapes)
-        x_max, y_max = one * (w - 1), one * (h - 1)
-        xy = xy.floor().clamp(min=0)
-        x = torch.minimum(xy[..., 0], x_max * self.stride).transpose(1, 2) / self.stride
-        y = torch.minimum(xy[..., 1], y_max * self.stride).transpose(1, 2) / self.stride  # (B,K,M)
-        x0, y0 = x.floor(), y.floor()
-        fx, fy = x - x0, y - y0
-        flat = maps.flatten(2)  # (B, K, h·w)
-
-        def at(yy: Tensor, xx: Tensor) -> Tensor:
-            xx = torch.minimum(xx, x_max).long()
-            yy = torch.minimum(yy, y_max).long()
-            return flat.gather(2, yy * w + xx)
-
-        top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-        bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-        return (top * (1 - fy) + bottom * fy).transpose(1, 2)  # (B, M, K)
 
 
 @contextlib.contextmanager
@@ -216,6 +191,9 @@ def export_onnx(
         # offline; the max(w - 1, 1) TracerWarning of sample_taps keeps the traced size.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The constant −inf Pad of max_filter is built with a reversed Slice of its pads, which
+        # the exporter reports it does not constant-fold; the graph is correct either way.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         net.eval()  # the wrapper; export_mode restores the model's own mode
         torch.onnx.export(
             net, (images,), str(path), dynamo=False, opset_version=opset,

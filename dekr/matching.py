@@ -34,30 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dekr.decoder import _up_source, max_filter
+from dekr.maps import reference_index, suppress_non_maxima, upsampled_grid
 
 __all__ = ["match_poses_to_heatmaps", "absorb_to_peaks", "refine_joints", "average_heatmaps"]
-
-
-def _resample(maps: Tensor, sy: Tensor, sx: Tensor) -> Tensor:
-    """Bilinear resample of maps (B, C, h, w) at source rows sy (B, H) and columns sx (B, W)."""
-    b, c, h, w = maps.shape
-
-    def lerp(m: Tensor, src: Tensor, dim: int, n: int) -> Tensor:
-        lo = src.floor().clamp(0, n - 1)
-        frac = (src - lo).to(m.dtype)
-        shape = [b, 1, 1, 1]
-        shape[dim] = src.shape[1]
-
-        def take(idx: Tensor) -> Tensor:
-            size = list(m.shape)
-            size[dim] = src.shape[1]
-            return m.gather(dim, idx.long().reshape(shape).expand(size))
-
-        f = frac.reshape(shape)
-        return take(lo) * (1 - f) + take((lo + 1).clamp(max=n - 1)) * f
-
-    return lerp(lerp(maps, sy, 2, h), sx, 3, w)
 
 
 def average_heatmaps(
@@ -80,7 +59,7 @@ def average_heatmaps(
     Returns:
         (B, C, h_ref, w_ref).
     """
-    ref = list(scales).index(1.0) if 1.0 in scales else 0
+    ref = reference_index(scales)
     if len(heatmaps) == 1 and scales[0] == 1.0:
         return heatmaps[0]
     base = heatmaps[ref]
@@ -92,9 +71,7 @@ def average_heatmaps(
         if i == ref and s == 1.0:  # the official upsampling is exact on the scale-1 grid
             total += maps
             continue
-        sy = _up_source(ys, size[:, 0, None].to(base.dtype), s, stride)
-        sx = _up_source(xs, size[:, 1, None].to(base.dtype), s, stride)
-        total += _resample(maps.to(base.dtype), sy, sx)
+        total += upsampled_grid(maps.to(base.dtype), size, s, stride, ys, xs)
     return total / len(heatmaps)
 
 
@@ -106,8 +83,7 @@ def _map_radius(radius: float, stride: float) -> int:
 def _peaks(heatmaps: Tensor, num_candidates: int, pool_radius: int) -> tuple[Tensor, Tensor]:
     """Top local maxima per channel: positions (K, P, 2) as map (x, y) and values (K, P)."""
     k, h, w = heatmaps.shape
-    pooled = max_filter(heatmaps, 2 * pool_radius + 1)
-    peaks = heatmaps.masked_fill(pooled != heatmaps, float("-inf")).flatten(1)
+    peaks = suppress_non_maxima(heatmaps, 2 * pool_radius + 1, fill=float("-inf")).flatten(1)
     values, index = peaks.topk(min(num_candidates, h * w), dim=1)
     xy = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], dim=-1)
     return xy.to(heatmaps.dtype), values
