@@ -248,7 +248,12 @@ def test_seeded_construction_draws_the_official_initial_values(
     np.testing.assert_allclose(abs_sums, golden["seed0__param_abs_sum"], rtol=SUM_RTOL)
 
 
-@pytest.fixture(scope="module", params=IMPLS)
+# The full W32 forward in the deform form is the slow tier's (about 2.5 s on 2 cores): the default
+# tier keeps the grid_sample form (the CPU default), the deform form's AdaptBlock unit case below
+# and the deform = grid_sample equality tests of tests/test_models.py.
+@pytest.fixture(
+    scope="module", params=[pytest.param("deform", marks=pytest.mark.slow), "grid_sample"]
+)
 def keyed_forward(request: pytest.FixtureRequest, keyed_model: DEKR, info: dict[str, Any]):
     return run_forward(keyed_model, network_input(info), request.param)
 

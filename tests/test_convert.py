@@ -69,6 +69,7 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     return files
 
 
+@pytest.mark.slow
 def test_official_coco_round_trip(official: dict, tmp_path: Path, capsys) -> None:
     path, state = official["coco_w32"]
     out = tmp_path / "coco_w32.ckpt"
@@ -94,6 +95,7 @@ def test_official_coco_round_trip(official: dict, tmp_path: Path, capsys) -> Non
         torch.testing.assert_close(a, e, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_official_crowdpose_predicts_and_evaluates(official: dict, tmp_path: Path, capsys) -> None:
     path, state = official["crowdpose_w32"]
     out = tmp_path / "crowdpose.ckpt"
@@ -168,6 +170,7 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_imagenet_round_trip(official: dict, tmp_path: Path, capsys) -> None:
     state = random_state("coco_w32", seed=5, heads=False)
     classification = {

@@ -51,15 +51,17 @@ def test_unknown_backbone_is_clear() -> None:
 def test_exact_parameter_counts(name: str, backbone: str, k: int) -> None:
     """Parameter counts equal the official model summary's."""
     params = OFFICIAL_SUMMARY[name]["params"]
-    assert count_parameters(build_model(backbone, num_keypoints=k)) == params
+    with torch.device("meta"):  # shapes only
+        model = build_model(backbone, num_keypoints=k)
+    assert count_parameters(model) == params
 
 
 @pytest.mark.parametrize(
     "name,backbone,k,size",
     [
         ("coco_w32_512", "hrnet_w32", 17, 512),  # 45.385 G
-        ("coco_w48_640", "hrnet_w48", 17, 640),  # 141.527 G
-        ("crowdpose_w32_512", "hrnet_w32", 14, 512),  # 44.749 G
+        pytest.param("coco_w48_640", "hrnet_w48", 17, 640, marks=pytest.mark.slow),  # 141.527 G
+        pytest.param("crowdpose_w32_512", "hrnet_w32", 14, 512, marks=pytest.mark.slow),  # 44.749 G
     ],
 )
 def test_multiply_adds(name: str, backbone: str, k: int, size: int) -> None:
@@ -79,9 +81,9 @@ def test_multiply_adds(name: str, backbone: str, k: int, size: int) -> None:
     ],
 )
 def test_state_dict_equals_official_layout(official_keys, name: str, backbone: str, k: int) -> None:
-    ours = {
-        key: list(v.shape) for key, v in build_model(backbone, num_keypoints=k).state_dict().items()
-    }
+    with torch.device("meta"):  # shapes only
+        model = build_model(backbone, num_keypoints=k)
+    ours = {key: list(v.shape) for key, v in model.state_dict().items()}
     assert ours == official_keys[name]
 
 

@@ -42,7 +42,7 @@ def _official_file(tmp_path: Path, layout: str, wrap: bool = False) -> tuple[Pat
     return path, state
 
 
-@pytest.mark.parametrize("wrap", [False, True])
+@pytest.mark.parametrize("wrap", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_official_checkpoint_loads_strictly(tmp_path: Path, wrap: bool) -> None:
     path, state = _official_file(tmp_path, "coco_w32", wrap)
     model = build_model("hrnet_w32", num_keypoints=17)
