@@ -188,7 +188,8 @@ def export_onnx(
     images = torch.randn(batch_size, 3, h, w, dtype=param.dtype, device=param.device)
     with export_mode(model), torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated upstream but is the one that traces this model
-        # offline; the max(w - 1, 1) TracerWarning of sample_taps keeps the traced size.
+        # offline; the adaptive convolutions' regular tap grid is a constant torch.tensor, which
+        # the tracer reports as "registered as constants" (correct: it never changes).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # The constant −inf Pad of max_filter is built with a reversed Slice of its pads, which
