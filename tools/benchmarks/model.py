@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (5)")
     flag = argparse.BooleanOptionalAction
     parser.add_argument("--channels-last", action=flag, default=True, help="also channels-last")
-    parser.add_argument("--bf16", action=flag, default=True, help="also time bf16 autocast")
+    parser.add_argument("--bf16", action=flag, default=True, help="also bf16 autocast")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
