@@ -7,6 +7,7 @@ import ast
 import graphlib
 import importlib
 import json
+import math
 import os
 import runpy
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 from conftest import REPO, TEST_DATA
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -234,3 +236,56 @@ def test_benchmark_entry_point_runs_the_subcommand(monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(["decoding"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def _expected_records(command: str) -> list[tuple[str, str]]:
+    """(name, unit) of each record of ``command``'s run in SMALLEST (docs/benchmarks.md's names)."""
+    if command == "model":
+        base = "model.hrnet_w8_tiny.64"
+        out = [(f"{base}.params", "count"), (f"{base}.multiply_adds", "G")]
+        out += [("machine.matmul.fp32", "GFLOP/s"), ("machine.matmul.bf16", "GFLOP/s")]
+        for variant in ("fp32", "fp32.channels_last"):
+            name = f"{base}.forward.{variant}"
+            out += [(name, "ms"), (f"{name}.gflops", "GFLOP/s")]
+            out += [(f"{name}.fraction_of_matmul_peak", "ratio")]
+        return out
+    if command == "targets":
+        people = [f"targets.{s}.people{n}" for s in (512, 640) for n in (1, 5, 15, 30)]
+        return [(f"{p}.{path}", "ms") for p in people for path in ("numpy", "torch_batch")]
+    if command == "data":
+        return [("data.512.samples_per_s", "samples/s")]
+    if command == "decode":
+        threads = sorted({1, torch.get_num_threads()})
+        names = [f"decode.640x480.flip.people{n}.t{t}.b{b}"
+                 for t in threads for n in (5, 15, 30) for b in (1, 8)]  # fmt: skip
+        return [(f"{name}{cpu}", "ms") for name in names for cpu in ("", ".cpu")]
+    if command == "train":
+        variants = ["fp32", "bf16", "fp32.channels_last", "bf16.channels_last",
+                    "fp32.targets_on_device"]  # fmt: skip
+        return [(f"train.quickstart.128.b8.{v}", "images/s") for v in variants]
+    base = "export.hrnet_w16_small.256"
+    out = [("export.torch_threads", "count"), (f"{base}.export.s", "s"), (f"{base}.onnx.mb", "MiB")]
+    return out + [(f"{base}.{what}.ms", "ms") for what in
+                  ("torch", "onnxruntime", "torch_decoder", "onnxruntime_decoder")]  # fmt: skip
+
+
+SMALLEST = {
+    "model": ["--backbone", "hrnet_w8_tiny", "--size", "64", "--repeats", "1", "--no-bf16"],
+    "targets": [],
+    "data": ["--sample", str(TEST_DATA / "coco_sample")],
+    "decode": ["--repeats", "1"],
+    "train": ["--case", "quickstart", "--repeats", "1"],
+    "export": ["--backbone", "hrnet_w16_small", "--repeats", "1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(SMALLEST))
+def test_benchmark_records_keep_their_names_and_units(command: str, monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import benchmark
+
+    assert benchmark.main([command, *SMALLEST[command], "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["unit"]) for r in records] == _expected_records(command)
+    assert all(math.isfinite(r["value"]) and r["value"] >= 0 for r in records), records
