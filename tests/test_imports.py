@@ -4,6 +4,7 @@ The graph is read from the source with ``ast``: every ``import`` / ``from ... im
 counts, at module level, inside functions and methods, and under ``if TYPE_CHECKING:`` alike.
 ``from dekr.models import adaptive`` is an edge to the submodule ``dekr.models.adaptive``; the
 implicit import of a parent package (``dekr/__init__.py`` before ``dekr.decoder``) is not an edge.
+The helpers take the folder and the import root, so ``tests/test_tools.py`` reads ``tools/`` too.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from conftest import REPO
 PACKAGE = REPO / "dekr"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = PACKAGE.parent) -> str:
+    """The dotted name of ``path`` when ``root`` is on ``sys.path``."""
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def package_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+def package_modules(folder: Path = PACKAGE, root: Path = PACKAGE.parent) -> dict[str, Path]:
+    return {module_name(p, root): p for p in sorted(folder.rglob("*.py"))}
 
 
-def imports_of(path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
-    """(imported dekr module, names taken from it) for every import statement of a file."""
-    name = module_name(path)
+def imports_of(
+    path: Path, modules: dict[str, Path], root: Path = PACKAGE.parent
+) -> list[tuple[str, list[str]]]:
+    """(imported module of ``modules``, names taken from it) for each import statement of a file."""
+    name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[str, list[str]]] = []
 
@@ -59,10 +63,11 @@ def imports_of(path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = package_modules()
+def import_graph(folder: Path = PACKAGE, root: Path = PACKAGE.parent) -> dict[str, set[str]]:
+    """Module of ``folder`` -> the modules of ``folder`` it imports."""
+    modules = package_modules(folder, root)
     return {
-        name: {target for target, _ in imports_of(path, modules) if target != name}
+        name: {target for target, _ in imports_of(path, modules, root) if target != name}
         for name, path in modules.items()
     }
 

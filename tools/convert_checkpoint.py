@@ -257,15 +257,19 @@ def _imagenet_main(argv: list[str]) -> int:
 
 
 MODES = {"official": _official_main, "imagenet": _imagenet_main}
+USAGE = "usage: convert_checkpoint.py {official,imagenet} IN --out OUT [options]"
+MODE_HELP = "A mode's options: convert_checkpoint.py MODE --help"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``convert_checkpoint.py {official,imagenet} IN --out OUT [...]``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE, __doc__.strip(), MODE_HELP, sep="\n\n")
+        return 0
     if not argv or argv[0] not in MODES:
-        usage = "usage: convert_checkpoint.py {official,imagenet} IN --out OUT [options]"
-        print(usage if argv and argv[0] in ("-h", "--help") else f"error: {usage}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        print(f"error: {USAGE}", file=sys.stderr)
+        return 2
     try:
         return MODES[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, KeyError) as err:

@@ -1,28 +1,43 @@
 """Training throughput: images per second of full training steps (forward, loss, backward, Adam).
 
-``run_train(args) -> list[dict]`` for ``tools/benchmark.py train``: the quickstart model
-(``hrnet_w8_tiny``, 8 × 128²) and W32 at 512 (batch 2), in fp32, bf16 autocast and
-channels-last, with targets built in the data pipeline (numpy, per sample) or on the device
-(``encode_targets_batch``, per batch). Data decoding/augmentation is excluded: the batch is a
-fixed synthetic one, so the figures are the model + target cost only.
+The quickstart model (``hrnet_w8_tiny``, 8 × 128²) and W32 at 512 (batch 2), in fp32, bf16
+autocast and channels-last, with targets built in the data pipeline (numpy, per sample) or on the
+device (``encode_targets_batch``, per batch). Data decoding/augmentation is excluded: the batch is
+a fixed synthetic one, so the figures are the model + target cost only. Records
+``train.<case>.<size>.b<batch>.<variant>`` in images/s.
 """
 
 from __future__ import annotations
 
-import statistics
-import sys
-import time
-from pathlib import Path
+import argparse
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dekr.loss import DEKRLoss
+from dekr.models.dekr import build_model
+from dekr.targets import encode_targets, encode_targets_batch
 
-from dekr.loss import DEKRLoss  # noqa: E402
-from dekr.models.dekr import build_model  # noqa: E402
-from dekr.targets import encode_targets, encode_targets_batch  # noqa: E402
+from .timing import median_time, record
+
+# case: (backbone, batch, input side, timed steps)
+CASES = {"quickstart": ("hrnet_w8_tiny", 8, 128, 10), "w32": ("hrnet_w32", 2, 512, 3)}
+# variant: (bf16 autocast, channels-last, targets on the device)
+VARIANTS = {
+    "fp32": (False, False, False),
+    "bf16": (True, False, False),
+    "fp32.channels_last": (False, True, False),
+    "bf16.channels_last": (True, True, False),
+    "fp32.targets_on_device": (False, False, True),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--case", action="append", choices=list(CASES),
+                        help="case to run, repeatable (default: all)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps per variant (default: 10 quickstart, 3 w32)")  # fmt: skip
 
 
 def _people(rng: np.random.Generator, batch: int, size: int, k: int, n: int = 5) -> np.ndarray:
@@ -73,40 +88,16 @@ def _step_time(
         loss.backward()
         opt.step()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(step, repeats, warmup=1)
 
 
-def run_train(args: Any = None) -> list[dict]:
-    cases = [("quickstart", "hrnet_w8_tiny", 8, 128, 10), ("w32", "hrnet_w32", 2, 512, 3)]
-    variants = [
-        ("fp32", False, False, False),
-        ("bf16", True, False, False),
-        ("fp32.channels_last", False, True, False),
-        ("bf16.channels_last", True, True, False),
-        ("fp32.targets_on_device", False, False, True),
-    ]
+def run(args: argparse.Namespace) -> list[dict]:
     out = []
-    for label, backbone, batch, size, repeats in cases:
-        for name, bf16, cl, dev in variants:
-            seconds = _step_time(
-                backbone, batch, size, bf16=bf16, channels_last=cl, on_device=dev, repeats=repeats
-            )
-            out.append(
-                {
-                    "name": f"train.{label}.{size}.b{batch}.{name}",
-                    "value": round(batch / seconds, 3),
-                    "unit": "images/s",
-                }
-            )
+    for label in args.case or list(CASES):
+        backbone, batch, size, repeats = CASES[label]
+        for name, (bf16, cl, dev) in VARIANTS.items():
+            seconds = _step_time(backbone, batch, size, bf16=bf16, channels_last=cl,
+                                 on_device=dev, repeats=args.repeats or repeats)  # fmt: skip
+            out.append(record(f"train.{label}.{size}.b{batch}.{name}", batch / seconds,
+                              "images/s", digits=3))  # fmt: skip
     return out
-
-
-if __name__ == "__main__":
-    for r in run_train():
-        print(f"{r['name']:<50} {r['value']:>10} {r['unit']}")

@@ -1,21 +1,17 @@
 """Decoding speed: flip averaging, centre NMS, pose NMS and inverse resize, network excluded.
 
-    python tools/bench_decode.py [--repeats 15] [--match-heatmaps]
-
 A 640×480 image at input size 512 (input 704×512, maps 176×128), single scale with flip test;
 the "network" returns pre-computed maps (encoded from 5 / 15 / 30 synthetic people), so the time
 covers the flipped input, flip-back and averaging of maps, decoding and the inverse transform,
 as :func:`dekr.inference.predict_poses` runs them (the input batch is reused for the flipped pass).
-Prints one JSON list of ``{"name", "value", "unit"}`` records, ms per image: the median wall time
-and, as ``….cpu``, the median process CPU time (less sensitive to other processes on a loaded
-machine; with several threads it adds their times up).
+Records ``decode.640x480.flip[.match].people{N}.t{threads}.b{batch}``, ms per image: the median
+wall time and, as ``….cpu``, the median process CPU time (less sensitive to other processes on a
+loaded machine; with several threads it adds their times up); threads 1 and torch's default.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import numpy as np
 import torch
@@ -24,6 +20,13 @@ from dekr.decoder import DEKRDecoder
 from dekr.inference import eval_transform, forward_scale
 from dekr.keypoints import COCO_KEYPOINTS
 from dekr.targets import encode_targets
+
+from .timing import median_times, record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per case (15)")
+    parser.add_argument("--match-heatmaps", action="store_true", help="decode.match_heatmaps")
 
 
 def _maps(people: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,38 +56,28 @@ def _time_decode(
     def model(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return heat, off
 
-    walls, cpus = [], []
-    for _ in range(repeats + 1):
-        start, cpu = time.perf_counter(), time.process_time()
+    def decode() -> None:
         maps = forward_scale(model, images, sizes, spec=spec, scale=1.0, flip=True,
                              reuse_input=True)  # fmt: skip
         for det in decoder.decode([maps]):
             det["keypoints"][..., :2] = t.to_original(det["keypoints"][..., :2])
-        walls.append((time.perf_counter() - start) * 1000 / batch)
-        cpus.append((time.process_time() - cpu) * 1000 / batch)
-    return float(np.median(walls[1:])), float(np.median(cpus[1:]))
+
+    wall, cpu = median_times(decode, repeats, warmup=1)
+    return 1e3 * wall / batch, 1e3 * cpu / batch
 
 
-def run_decode(repeats: int = 15, match_heatmaps: bool = False) -> list[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
     """Records ``decode.640x480.flip[.match].people{N}.t{threads}.b{batch}[.cpu]`` in ms/image."""
     records = []
     default_threads = torch.get_num_threads()
-    tag_match = ".match" if match_heatmaps else ""
+    tag_match = ".match" if args.match_heatmaps else ""
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
         for people in (5, 15, 30):
             for batch in (1, 8):
-                wall, cpu = _time_decode(people, batch, repeats, match_heatmaps)
+                wall, cpu = _time_decode(people, batch, args.repeats, args.match_heatmaps)
                 name = f"decode.640x480.flip{tag_match}.people{people}.t{threads}.b{batch}"
-                records.append({"name": name, "value": round(wall, 3), "unit": "ms"})
-                records.append({"name": name + ".cpu", "value": round(cpu, 3), "unit": "ms"})
+                records.append(record(name, wall, "ms", digits=3))
+                records.append(record(name + ".cpu", cpu, "ms", digits=3))
     torch.set_num_threads(default_threads)
     return records
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--match-heatmaps", action="store_true", help="decode.match_heatmaps")
-    args = parser.parse_args()
-    print(json.dumps(run_decode(args.repeats, args.match_heatmaps), indent=1))

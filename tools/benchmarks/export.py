@@ -1,8 +1,7 @@
-"""ONNX export benchmark: onnxruntime vs torch CPU latency, with and without the decoder in graph.
+"""ONNX export: onnxruntime vs torch CPU latency, with and without the decoder in the graph.
 
-``python tools/bench_export.py [--repeats N] [--json]`` (also ``tools/benchmark.py export``).
 Models have the official initialisation (random weights: latency does not depend on them), K=17,
-batch 1. Records ``export.<backbone>.<size>.<what>``:
+batch 1. Records ``export.torch_threads`` and ``export.<backbone>.<size>.<what>``:
 
 * ``torch.ms`` / ``onnxruntime.ms``: network forward (grid_sample adaptive convs in both);
 * ``torch_decoder.ms``: torch forward + :class:`dekr.decoder.DEKRDecoder` (single scale, no flip,
@@ -16,32 +15,27 @@ a meaningful difference here).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dekr.decoder import DEKRDecoder
+from dekr.export import ONNXPoseDetector, ONNXPoseModel, export_onnx
+from dekr.keypoints import COCO_KEYPOINTS
+from dekr.models.dekr import build_model
 
-from benchmark import median_time, record  # noqa: E402
+from .timing import median_time, record
 
-from dekr.decoder import DEKRDecoder  # noqa: E402
-from dekr.export import ONNXPoseDetector, ONNXPoseModel, export_onnx  # noqa: E402
-from dekr.keypoints import COCO_KEYPOINTS  # noqa: E402
-from dekr.models.dekr import build_model  # noqa: E402
-
-# (backbone, input side): the official W32 test size and the quickstart preset at its size.
-CONFIGS = (("hrnet_w32", 512), ("hrnet_w16_small", 256))
+# backbone: input side (the official W32 test size and the quickstart preset at its size)
+CONFIGS = {"hrnet_w32": 512, "hrnet_w16_small": 256}
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in milliseconds after ``warmup`` calls."""
-    return 1000 * median_time(fn, repeats, warmup)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (5)")
+    parser.add_argument("--backbone", action="append", choices=list(CONFIGS),
+                        help="model to export, repeatable (default: all)")  # fmt: skip
 
 
 def bench_config(backbone: str, size: int, repeats: int, folder: Path) -> list[dict]:
@@ -77,33 +71,14 @@ def bench_config(backbone: str, size: int, repeats: int, folder: Path) -> list[d
         "onnxruntime_decoder": lambda: detector(images),
     }
     for name, fn in timed.items():
-        out.append(record(f"{base}.{name}.ms", median_ms(fn, repeats), "ms"))
+        out.append(record(f"{base}.{name}.ms", 1e3 * median_time(fn, repeats), "ms"))
     return out
 
 
-def run_export(args: Optional[argparse.Namespace] = None) -> list[dict]:
-    """All export records (``args.repeats`` timed runs per variant, default 5)."""
-    repeats = int(getattr(args, "repeats", 5) or 5)
+def run(args: argparse.Namespace) -> list[dict]:
+    """All export records (``args.repeats`` timed runs per variant)."""
     out = [record("export.torch_threads", torch.get_num_threads(), "count")]
     with tempfile.TemporaryDirectory() as tmp:
-        for backbone, size in CONFIGS:
-            out += bench_config(backbone, size, repeats, Path(tmp))
+        for backbone in args.backbone or list(CONFIGS):
+            out += bench_config(backbone, CONFIGS[backbone], args.repeats, Path(tmp))
     return out
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
-    parser.add_argument("--json", action="store_true", help="print one JSON list of records")
-    args = parser.parse_args(argv)
-    records = run_export(args)
-    if args.json:
-        print(json.dumps(records))
-    else:
-        for r in records:
-            print(f"{r['name']:<52} {r['value']:>12} {r['unit']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
