@@ -1,0 +1,44 @@
+"""Training learns: a tiny model fitted to one fixed, seeded batch of the quickstart data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from conftest import REPO, tiny_overrides
+
+from dekr.config import load_recipe
+from dekr.loss import DEKRLoss
+from dekr.models.dekr import build_model
+from dekr.training import build_datamodule
+
+
+def test_loss_halves_on_a_fixed_batch(synthetic_root: Path, tmp_path: Path) -> None:
+    """30 Adam steps on one batch of 4 synthetic images (the real transform and targets, the
+    quickstart's model, loss factors and lr) halve the loss, and fit what a blank prediction
+    cannot: the heatmap loss falls to under half of an all-zero prediction's (background alone
+    scores that), the offset loss to under 3/4 of it. Measured here (seeded, CPU): total 0.080 →
+    0.018; heatmap 0.013 against 0.073 for zeros; offsets 0.044 against 0.071 for zeros."""
+    torch.manual_seed(0)
+    overrides = tiny_overrides(synthetic_root, tmp_path)
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
+    dm = build_datamodule(recipe)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["offset_weights"].gt(0).any(), "the batch must hold people with offsets"
+    model = build_model(recipe.model.backbone, num_keypoints=batch["heatmaps"].shape[1] - 1)
+    criterion = DEKRLoss(recipe.loss.heatmap_factor, recipe.loss.offset_factor)
+    optim = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr)
+    model.train()
+    losses = []
+    for _ in range(30):
+        heatmaps, offsets = model(batch["image"])
+        terms = criterion(heatmaps, offsets, batch)
+        optim.zero_grad()
+        terms["loss"].backward()
+        optim.step()
+        losses.append(terms["loss"].item())
+    blank = criterion(torch.zeros_like(heatmaps), torch.zeros_like(offsets), batch)
+    assert losses[-1] <= 0.5 * losses[0], losses
+    assert terms["heatmap_loss"] <= 0.5 * blank["heatmap_loss"], (terms, blank)
+    assert terms["offset_loss"] <= 0.75 * blank["offset_loss"], (terms, blank)
