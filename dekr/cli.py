@@ -97,7 +97,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------- dekr-predict
 def _predict(args: argparse.Namespace) -> int:
-    from dekr.predict import predict_files
+    from dekr.predict import SUMMARY, predict_files
 
     written = predict_files(
         args.checkpoint,
@@ -108,19 +108,42 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         score_threshold=args.score_threshold,
         onnx=args.onnx,
+        annotations=args.annotations,
+        strict=args.strict,
+        recursive=args.recursive,
     )
-    print(f"wrote {written}")
+    print(f"wrote {written} (COCO results) and {written.with_name(SUMMARY)} (per image)")
     return 0
 
 
 def predict_main(argv: list[str] | None = None) -> int:
     """``dekr-predict CHECKPOINT INPUT... --out DIR``."""
-    parser = _parser("dekr-predict", "Poses for images, folders and videos: JSON + overlays.")
+    parser = _parser(
+        "dekr-predict",
+        "Poses for images, folders and videos: predictions.json (COCO results list), "
+        "images.json (per image: id, file, size, people, overlay) and overlays (PNG / MP4) at "
+        "the inputs' paths relative to their common folder.",
+    )
     parser.add_argument(
         "checkpoint", help="a dekr checkpoint (.ckpt); its recipe and spec are used"
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="COCO JSON whose images are the inputs: its image ids (matched by file_name) are "
+        "used in predictions.json (default: 1, 2, ... in input order)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable input (default: skip it with a warning)",
+    )
+    parser.add_argument(
+        "--recursive", action="store_true", help="also the subfolders of folder inputs"
+    )
     parser.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,

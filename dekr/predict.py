@@ -1,11 +1,36 @@
-"""``dekr-predict``: poses for images, folders and videos; COCO-format JSON and overlays."""
+"""``dekr-predict``: poses for images, folders and videos; COCO results JSON and overlays.
+
+What lands in the output folder ``out``:
+
+* one overlay per input: a PNG per image, an MP4 per video, at the input's path relative to the
+  common folder of all inputs (one folder given: relative to that folder; one file given: its
+  name), with the suffix replaced (``a/x.jpg`` → ``a/x.png``). Inputs that would share an
+  overlay (``x.jpg`` and ``x.png`` in one folder) keep their whole name (``x.jpg.png``,
+  ``x.png.png``); anything still equal gets ``-2``, ``-3``, ... in input order.
+* ``predictions.json``: the COCO *results* list ``[{image_id, category_id, keypoints, score}]``
+  that ``COCO.loadRes`` and ``COCOeval`` take. Image ids are those of ``annotations`` (matched
+  by file name) when it is given, otherwise 1, 2, ... in input order (video frames: one id each).
+* ``images.json``: ``{"predictions", "annotations", "images": [...], "skipped": [...]}``: per
+  image (or video frame) its ``id``, ``file``, ``frame`` (videos only), ``width``, ``height``,
+  ``poses`` (in predictions.json), ``people`` (at or above the score threshold: drawn) and
+  ``overlay`` (relative to ``out``); per skipped input its ``file`` and ``error``.
+
+Inputs are listed in the order given, each folder's files sorted; a file listed twice is
+predicted once. Everything that can be checked without the network is checked before the
+checkpoint is loaded: the inputs exist, the annotation file matches them, ``out`` is a writable
+folder and no overlay would overwrite an input.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 
 import cv2
@@ -14,35 +39,223 @@ import numpy as np
 from dekr.drawing import draw_poses
 from dekr.module import DekrModule, load_checkpoint
 
-__all__ = ["predict_files", "collect_inputs", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+__all__ = [
+    "predict_files",
+    "collect_inputs",
+    "plan_inputs",
+    "PlannedInput",
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+PREDICTIONS = "predictions.json"
+SUMMARY = "images.json"
 
 
-def collect_inputs(inputs: list[Union[str, Path]]) -> list[Path]:
-    """Image and video files from files and folders (folders: sorted, non-recursive)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(
-                p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            )
-            if not found:
-                raise FileNotFoundError(f"no images or videos in folder {item}")
-            files += found
-        elif item.is_file():
-            if item.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                raise ValueError(
-                    f"{item}: unsupported file type {item.suffix!r}; expected an "
-                    f"image ({sorted(IMAGE_SUFFIXES)}) or a video"
-                )
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
+@dataclass(frozen=True)
+class PlannedInput:
+    """One input file and where its overlay goes.
+
+    ``path``: the file as given or found; ``rel``: its path relative to the common folder of the
+    inputs; ``overlay``: the overlay's path relative to the output folder.
+    """
+
+    path: Path
+    rel: PurePosixPath
+    overlay: PurePosixPath
+    video: bool
+
+
+def _is_media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _listing(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
+    """Images and videos of ``folder`` (sorted); with ``recursive`` those of its subfolders,
+    leaving out anything inside ``exclude`` (the output folder)."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if _is_media(p) and p.is_file())
+    if exclude is not None and recursive:
+        files = [p for p in files if not _inside(p, exclude)]
+    if not files:
+        hint = ""
+        if not recursive and any(p.is_dir() for p in folder.iterdir()):
+            hint = " (its subfolders are searched with --recursive)"
+        raise FileNotFoundError(f"no images or videos in folder {folder}{hint}")
     return files
 
 
+def _overlay_names(items: list[tuple[PurePosixPath, bool]]) -> list[PurePosixPath]:
+    """Unique overlay paths (compared case-insensitively) for (relative path, is video)."""
+
+    def suffix(video: bool) -> str:
+        return ".mp4" if video else ".png"
+
+    first = [rel.with_suffix(suffix(video)) for rel, video in items]
+    shared = Counter(str(name).lower() for name in first)
+    names = [
+        name if shared[str(name).lower()] == 1 else rel.with_name(rel.name + suffix(video))
+        for name, (rel, video) in zip(first, items)
+    ]
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, n = name, 2
+        while str(candidate).lower() in taken:
+            candidate, n = name.with_name(f"{name.stem}-{n}{name.suffix}"), n + 1
+        taken.add(str(candidate).lower())
+        unique.append(candidate)
+    return unique
+
+
+def plan_inputs(
+    inputs: Iterable[Union[str, Path]],
+    *,
+    recursive: bool = False,
+    out: Optional[Union[str, Path]] = None,
+) -> list[PlannedInput]:
+    """The image and video files of ``inputs`` (files and folders) with unique overlay paths.
+
+    Folders: their files sorted (with ``recursive`` also their subfolders', leaving out ``out``).
+    Paths are taken relative to the common folder of the inputs (a folder input counts as its own
+    folder, a file input as its parent).
+    """
+    exclude = Path(out).resolve() if out is not None else None
+    found: list[Path] = []
+    bases: list[str] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += _listing(item, recursive, exclude)
+            bases.append(os.path.abspath(item))
+        elif item.is_file():
+            if not _is_media(item):
+                raise ValueError(
+                    f"{item}: unsupported file type {item.suffix!r}; expected an "
+                    f"image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a video "
+                    f"({', '.join(sorted(VIDEO_SUFFIXES))})"
+                )
+            found.append(item)
+            bases.append(os.path.dirname(os.path.abspath(item)))
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not found:
+        raise ValueError("no inputs given")
+    root = os.path.commonpath(bases)
+    seen: set[str] = set()
+    files: list[tuple[Path, PurePosixPath, bool]] = []
+    for path in found:
+        absolute = os.path.abspath(path)
+        if absolute in seen:
+            continue
+        seen.add(absolute)
+        rel = PurePosixPath(Path(os.path.relpath(absolute, root)).as_posix())
+        files.append((path, rel, path.suffix.lower() in VIDEO_SUFFIXES))
+    names = _overlay_names([(rel, video) for _, rel, video in files])
+    return [
+        PlannedInput(path, rel, overlay, video) for (path, rel, video), overlay in zip(files, names)
+    ]
+
+
+def collect_inputs(inputs: Iterable[Union[str, Path]], *, recursive: bool = False) -> list[Path]:
+    """Image and video files from files and folders (folders: sorted; see :func:`plan_inputs`)."""
+    return [item.path for item in plan_inputs(inputs, recursive=recursive)]
+
+
+# ------------------------------------------------------------------ checks before any work
+def _check_out(out: Path, planned: list[PlannedInput]) -> None:
+    """``out`` is (or can be made) a writable folder and no overlay overwrites an input."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} is an existing file, not a folder")
+    sources = {item.path.resolve(): item.path for item in planned}
+    for item in planned:
+        target = (out / item.overlay).resolve()
+        if target in sources:
+            raise ValueError(
+                f"the overlay of {item.path} would overwrite the input {sources[target]}: "
+                "choose an output folder outside the inputs"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create output folder {out}: {err.strerror or err}") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OSError(f"output folder {out} is not writable: {err.strerror or err}") from None
+
+
+def _annotation_images(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON (truncated or malformed?): {err}") from None
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list) or not all(
+        isinstance(im, dict) and "id" in im and "file_name" in im for im in images
+    ):
+        raise ValueError(
+            f"{path}: not a COCO annotation file (an 'images' list of objects with 'id' and "
+            "'file_name' expected)"
+        )
+    return images
+
+
+def _annotation_ids(path: Path, planned: list[PlannedInput]) -> list[int]:
+    """The id of every input in the COCO file ``path``: the image whose ``file_name`` is the
+    input's relative path, else the only image with the input's file name."""
+    by_path: dict[str, int] = {}
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for image in _annotation_images(path):
+        name = PurePosixPath(str(image["file_name"]).replace("\\", "/"))
+        by_path[str(name)] = int(image["id"])
+        by_name[name.name].append(int(image["id"]))
+    ids: list[int] = []
+    missing: list[str] = []
+    for item in planned:
+        if item.video:
+            raise ValueError(f"{item.path} is a video; --annotations matches images only")
+        candidates = by_name.get(item.rel.name, [])
+        if str(item.rel) in by_path:
+            ids.append(by_path[str(item.rel)])
+        elif len(candidates) == 1:
+            ids.append(candidates[0])
+        elif candidates:
+            raise ValueError(
+                f"{item.path}: {len(candidates)} images of {path} are named "
+                f"{item.rel.name!r} and none has the file_name {str(item.rel)!r}"
+            )
+        else:
+            missing.append(str(item.path))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ValueError(
+            f"{len(missing)} of {len(planned)} inputs are not images of {path} "
+            f"(matched by file_name): {shown}"
+        )
+    owner: dict[int, Path] = {}
+    for item, image_id in zip(planned, ids):
+        if image_id in owner:
+            raise ValueError(
+                f"{owner[image_id]} and {item.path} are both image id {image_id} of {path}"
+            )
+        owner[image_id] = item.path
+    return ids
+
+
+# ------------------------------------------------------------------------------- the work
 def _read_image(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -50,34 +263,17 @@ def _read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _video_frames(path: Path) -> Iterator[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        ok, frame = cap.read()
-        if not ok:
-            raise ValueError(f"cannot read video {path} (corrupt, empty or unsupported codec)")
-        while ok:
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            ok, frame = cap.read()
-    finally:
-        cap.release()
-
-
 def _records(image_id: int, pred: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    out = []
-    for kp, score in zip(pred["keypoints"], pred["scores"]):
-        xs, ys = kp[:, 0], kp[:, 1]
-        box = [float(xs.min()), float(ys.min()), float(np.ptp(xs)), float(np.ptp(ys))]
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": 1,
-                "score": float(score),
-                "bbox": box,
-                "keypoints": [round(float(v), 2) for v in kp.reshape(-1)],
-            }
-        )
-    return out
+    """COCO results of one image: ``image_id``, ``category_id``, ``keypoints``, ``score``."""
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "keypoints": [round(float(v), 2) for v in kp.reshape(-1)],
+            "score": float(score),
+        }
+        for kp, score in zip(pred["keypoints"], pred["scores"])
+    ]
 
 
 class _Predictor:
@@ -120,41 +316,127 @@ class _Predictor:
         return cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
 
 
-def _predict_video(p: _Predictor, path: Path, out: Path, first_id: int, doc: dict[str, Any]) -> int:
-    target = out / f"{path.stem}.mp4"
-    tmp = target.with_suffix(".partial.mp4")
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    cap.release()
-    writer, image_id, batch = None, first_id, []
+class _Run:
+    """Results, per-image summary and skipped inputs of one ``predict_files`` call."""
+
+    def __init__(self, p: _Predictor, out: Path, strict: bool, ids: Optional[list[int]]) -> None:
+        self.p, self.out, self.strict, self.ids = p, out, strict, ids
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.pending: list[tuple[PlannedInput, np.ndarray, int]] = []
+        self.next_id = 1
+
+    def skip(self, item: PlannedInput, err: Exception) -> None:
+        if self.strict:
+            raise ValueError(f"{err}; --strict stops at the first unreadable input") from None
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: skipped {err}", file=sys.stderr)
+        self.skipped.append({"file": str(item.path), "error": str(err)})
+
+    def take_id(self, index: int) -> int:
+        if self.ids is not None:
+            return self.ids[index]
+        self.next_id += 1
+        return self.next_id - 1
+
+    def record(
+        self,
+        item: PlannedInput,
+        image: np.ndarray,
+        image_id: int,
+        pred: dict[str, np.ndarray],
+        frame: Optional[int] = None,
+    ) -> None:
+        self.results += _records(image_id, pred)
+        entry: dict[str, Any] = {"id": image_id, "file": str(item.path)}
+        if frame is not None:
+            entry["frame"] = frame
+        entry.update(
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            poses=len(pred["scores"]),
+            people=int(np.sum(np.asarray(pred["scores"]) >= self.p.threshold)),
+            overlay=str(item.overlay),
+        )
+        self.images.append(entry)
+
+    def add_image(self, index: int, item: PlannedInput) -> None:
+        try:
+            image = _read_image(item.path)
+        except ValueError as err:
+            self.skip(item, err)
+            return
+        self.pending.append((item, image, self.take_id(index)))
+        if len(self.pending) == self.p.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """One batched forward pass over the pending images; their overlays and records."""
+        if not self.pending:
+            return
+        preds = self.p([image for _, image, _ in self.pending])
+        for (item, image, image_id), pred in zip(self.pending, preds):
+            target = self.out / item.overlay
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(target), self.p.overlay(image, pred)):
+                raise OSError(f"cannot write overlay {target}")
+            self.record(item, image, image_id, pred)
+        self.pending = []
+
+    def add_video(self, item: PlannedInput) -> None:
+        self.flush()  # ids stay in input order
+        cap = cv2.VideoCapture(str(item.path))
+        try:
+            ok, frame = cap.read()
+            if not ok:
+                reason = f"cannot read video {item.path} (corrupt, empty or unsupported codec)"
+                self.skip(item, ValueError(reason))
+                return
+            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            target = self.out / item.overlay
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.stem}.partial.mp4")
+            h, w = frame.shape[:2]
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            if not writer.isOpened():
+                raise OSError(f"cannot write video overlay {tmp} (no mp4v encoder in OpenCV?)")
+            try:
+                index, batch = 0, []
+                while ok:
+                    batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                    ok, frame = cap.read()
+                    if len(batch) == self.p.batch_size or not ok:
+                        for image, pred in zip(batch, self.p(batch)):
+                            writer.write(self.p.overlay(image, pred))
+                            self.record(item, image, self.take_id(-1), pred, frame=index)
+                            index += 1
+                        batch = []
+            finally:
+                writer.release()
+            os.replace(tmp, target)
+        finally:
+            cap.release()
+
+
+def _onnx_model(path: Path) -> Any:
+    """The network of an exported ONNX file (without decoder) as a torch-like callable."""
+    from dekr.export import ONNXPoseModel
+
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
     try:
-        for frame in [*_video_frames(path), None]:
-            if frame is not None:
-                batch.append(frame)
-            if batch and (frame is None or len(batch) == p.batch_size):
-                for image, pred in zip(batch, p(batch)):
-                    if writer is None:
-                        h, w = image.shape[:2]
-                        writer = cv2.VideoWriter(
-                            str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
-                        )
-                    writer.write(p.overlay(image, pred))
-                    doc["images"].append(
-                        {
-                            "id": image_id,
-                            "file_name": f"{path.name}#{image_id - first_id}",
-                            "width": image.shape[1],
-                            "height": image.shape[0],
-                        }
-                    )
-                    doc["annotations"] += _records(image_id, pred)
-                    image_id += 1
-                batch = []
-    finally:
-        if writer is not None:
-            writer.release()
-    os.replace(tmp, target)
-    return image_id
+        model = ONNXPoseModel(path)
+    except ValueError as err:
+        if "poses" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} has the decoder in the graph (--with-decoder); dekr-predict --onnx needs "
+            "an export without it (flip test, scales and pose NMS run in Python)"
+        ) from None
+    shape = model.session.get_inputs()[0].shape  # (B, 3, H, W); names where dynamic
+    return _FixedSizeONNX(model, shape) if all(isinstance(d, int) for d in shape) else model
 
 
 class _FixedSizeONNX:
@@ -182,43 +464,10 @@ class _FixedSizeONNX:
         return tuple(torch.cat(maps) for maps in zip(*outputs))
 
 
-def _onnx_model(path: Path) -> Any:
-    """The network of an exported ONNX file (without decoder) as a torch-like callable."""
-    from dekr.export import ONNXPoseModel
-
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
-    try:
-        model = ONNXPoseModel(path)
-    except ValueError as err:
-        if "poses" not in str(err):
-            raise
-        raise ValueError(
-            f"{path} has the decoder in the graph (--with-decoder); dekr-predict --onnx needs "
-            "an export without it (flip test, scales and pose NMS run in Python)"
-        ) from None
-    shape = model.session.get_inputs()[0].shape  # (B, 3, H, W); names where dynamic
-    return _FixedSizeONNX(model, shape) if all(isinstance(d, int) for d in shape) else model
-
-
-def _predict_images(
-    p: _Predictor, paths: list[Path], out: Path, first_id: int, doc: dict[str, Any]
-) -> int:
-    """One batched forward pass over ``paths``; overlays and records; returns the next id."""
-    images = [_read_image(path) for path in paths]
-    for offset, (path, image, pred) in enumerate(zip(paths, images, p(images) if images else [])):
-        cv2.imwrite(str(out / f"{path.stem}.png"), p.overlay(image, pred))
-        image_id = first_id + offset
-        doc["images"].append(
-            {
-                "id": image_id,
-                "file_name": path.name,
-                "width": image.shape[1],
-                "height": image.shape[0],
-            }
-        )
-        doc["annotations"] += _records(image_id, pred)
-    return first_id + len(paths)
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 def predict_files(
@@ -231,16 +480,33 @@ def predict_files(
     batch_size: int = 4,
     score_threshold: float = 0.05,
     onnx: Optional[Union[str, Path]] = None,
+    annotations: Optional[Union[str, Path]] = None,
+    strict: bool = False,
+    recursive: bool = False,
 ) -> Path:
-    """Predict every input; write overlays (PNG per image, MP4 per video) and
-    ``predictions.json`` (COCO format) into ``out``. Returns the JSON path.
+    """Predict every input; write overlays, ``predictions.json`` (COCO results list) and
+    ``images.json`` (per-image summary) into ``out`` (layout: module docstring). Returns the
+    path of ``predictions.json``.
 
-    The JSON is written last, through a temporary file, so a run that fails midway never leaves
-    a complete-looking result behind.
+    Args:
+        annotations: a COCO JSON whose images are the inputs: its image ids are used.
+        strict: stop at the first unreadable input; by default it is skipped with a warning on
+            stderr and a final count (none readable is an error either way).
+        recursive: also the images and videos in the subfolders of folder inputs.
+
+    Inputs, annotations and ``out`` are checked before the checkpoint is loaded. The old
+    ``predictions.json`` and ``images.json`` are removed before the work starts and the new ones
+    written last (through temporary files): a run that fails midway leaves none behind.
     """
     from tqdm import tqdm
 
-    files = collect_inputs(inputs)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    out = Path(out)
+    planned = plan_inputs(inputs, recursive=recursive, out=out)
+    ids = _annotation_ids(Path(annotations), planned) if annotations is not None else None
+    _check_out(out, planned)
+
     module = load_checkpoint(checkpoint)
     model: Any = module.model
     if onnx is not None:
@@ -254,34 +520,32 @@ def predict_files(
         batch_size,
         score_threshold,
     )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [
-            {
-                "id": 1,
-                "name": "person",
-                "keypoints": list(module.spec.names),
-                "skeleton": [[a + 1, b + 1] for a, b in module.spec.limbs],
-            }
-        ],
+    for name in (PREDICTIONS, SUMMARY):
+        (out / name).unlink(missing_ok=True)
+    run = _Run(p, out, strict, ids)
+    for index, item in enumerate(tqdm(planned, desc="predict", unit="file")):
+        if item.video:
+            run.add_video(item)
+        else:
+            run.add_image(index, item)
+    run.flush()
+    if not run.images:
+        raise ValueError(
+            f"none of the {len(planned)} inputs could be read (first: {run.skipped[0]['error']})"
+        )
+    if run.skipped:
+        print(
+            f"skipped {len(run.skipped)} of {len(planned)} inputs that could not be read "
+            "(listed in images.json; --strict stops at the first)",
+            file=sys.stderr,
+        )
+    target = out / PREDICTIONS
+    summary = {
+        "predictions": PREDICTIONS,
+        "annotations": None if annotations is None else str(annotations),
+        "images": run.images,
+        "skipped": run.skipped,
     }
-    image_id, pending = 1, []
-    for path in tqdm([*files, None], desc="predict", unit="file", total=len(files)):
-        if path is not None and path.suffix.lower() not in VIDEO_SUFFIXES:
-            pending.append(path)
-            if len(pending) < batch_size:
-                continue
-        image_id = _predict_images(p, pending, out, image_id, doc)  # a full batch, or the rest
-        pending = []
-        if path is not None and path.suffix.lower() in VIDEO_SUFFIXES:
-            image_id = _predict_video(p, path, out, image_id, doc)
-    for i, ann in enumerate(doc["annotations"], start=1):
-        ann["id"] = i
-    target = out / "predictions.json"
-    tmp = target.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, target)
+    _write_json(out / SUMMARY, summary)
+    _write_json(target, run.results)
     return target

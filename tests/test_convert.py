@@ -108,10 +108,10 @@ def test_official_crowdpose_predicts_and_evaluates(official: dict, tmp_path: Pat
     assert torch.equal(module.model.state_dict()[key], state[key])
     image = sorted((TEST_DATA / "crowdpose_sample" / "images").glob("*.jpg"))[0]
     assert predict_main([str(out), str(image), "--out", str(tmp_path / "pred"), "--no-flip"]) == 0
-    doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    assert [im["file_name"] for im in doc["images"]] == [image.name]
-    assert len(doc["categories"][0]["keypoints"]) == 14
-    assert all(len(a["keypoints"]) == 14 * 3 for a in doc["annotations"])
+    summary = json.loads((tmp_path / "pred" / "images.json").read_text())
+    assert [im["file"] for im in summary["images"]] == [str(image)]
+    results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert all(len(a["keypoints"]) == 14 * 3 for a in results)
     sample = TEST_DATA / "crowdpose_sample"
     argv = [
         str(out), f"data.val_images={sample / 'images'}", "data.num_workers=0",

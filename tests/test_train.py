@@ -125,9 +125,10 @@ def test_cli_eval_and_predict(tiny_run: dict, tmp_path: Path, capsys) -> None:
     images = tiny_run["root"] / "images" / "val"
     out = tmp_path / "pred"
     assert predict_main([str(ckpt), str(images), "--out", str(out)]) == 0
-    doc = json.loads((out / "predictions.json").read_text())
-    assert len(doc["images"]) == len(list(images.iterdir()))
-    assert len(list(out.glob("*.png"))) == len(doc["images"])
+    assert isinstance(json.loads((out / "predictions.json").read_text()), list)
+    summary = json.loads((out / "images.json").read_text())["images"]
+    assert [im["id"] for im in summary] == list(range(1, len(list(images.iterdir())) + 1))
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(im["overlay"] for im in summary)
 
 
 @pytest.mark.integration
@@ -167,7 +168,8 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     assert predict_main([ckpt, str(broken), "--out", str(tmp_path / "o2")]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "none of the 1 inputs could be read" in last and "cannot read image" in last
     assert not (tmp_path / "o2" / "predictions.json").exists()
 
 
@@ -249,12 +251,17 @@ def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> 
         assert (
             predict_main([ckpt, images, "--out", str(out), "--batch-size", str(batch), *args]) == 0
         )
-        docs.append(json.loads((out / "predictions.json").read_text()))
-    assert docs[0]["images"] == docs[1]["images"]
-    for a, b in zip(docs[0]["annotations"], docs[1]["annotations"]):
+        docs.append(
+            (
+                json.loads((out / "images.json").read_text())["images"],
+                json.loads((out / "predictions.json").read_text()),
+            )
+        )
+    assert docs[0][0] == docs[1][0]  # ids, files, sizes, pose counts and overlays
+    for a, b in zip(docs[0][1], docs[1][1]):
         assert a["image_id"] == b["image_id"]
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.02)
-    assert len(docs[0]["annotations"]) == len(docs[1]["annotations"]) > 0
+    assert len(docs[0][1]) == len(docs[1][1]) > 0
 
 
 @pytest.mark.integration
