@@ -7,7 +7,9 @@ and exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,10 +75,40 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------- dekr-eval
+def _check_results_path(path: Path, default: bool) -> None:
+    """The results JSON can be written: not a folder, in an existing writable folder. Checked
+    before the checkpoint is loaded, so that a bad path never costs an evaluation."""
+    what = f"--results {path}"
+    if default:
+        what = f"results file {path} (next to the checkpoint; choose another with --results)"
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{what} is a folder; give a file path, e.g. {path / 'results.json'}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"{what}: the folder {folder} {state}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"{what}: the folder {folder} is not writable ({err.strerror})"
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} exists and is not writable")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from dekr.training import evaluate
 
-    metrics = evaluate(args.checkpoint, args.overrides, results=args.results)
+    results = args.results
+    if results is not None:
+        _check_results_path(results, default=False)
+    elif Path(args.checkpoint).is_file():  # a missing checkpoint is load_checkpoint's error
+        _check_results_path(Path(args.checkpoint).with_name("results.json"), default=True)
+    metrics = evaluate(args.checkpoint, args.overrides, results=results)
     print(f"AP {metrics['AP']:.4f}")
     return 0
 
@@ -90,7 +122,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         "--results",
         type=Path,
         default=None,
-        help="COCO results JSON path (default: next to the checkpoint)",
+        help="COCO results JSON file, in an existing folder (default: results.json next to the "
+        "checkpoint); checked before the evaluation starts",
     )
     return _run(_eval, parser.parse_intermixed_args(argv))
 

@@ -19,7 +19,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import dekr.predict
-from dekr.cli import predict_main
+import dekr.training
+from dekr.cli import eval_main, predict_main
 from dekr.predict import plan_inputs
 
 
@@ -48,12 +49,13 @@ def _touch(path: Path) -> Path:
 
 
 def _no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading a checkpoint fails the test: the checks must come first."""
+    """Loading a checkpoint or evaluating fails the test: the checks must come first."""
 
     def forbidden(*args: object, **kwargs: object) -> None:
         pytest.fail("the model was loaded / evaluated before the output path was checked")
 
     monkeypatch.setattr(dekr.predict, "load_checkpoint", forbidden)
+    monkeypatch.setattr(dekr.training, "evaluate", forbidden)
 
 
 def test_overlay_names_keep_the_folders_and_stay_unique(tmp_path: Path) -> None:
@@ -236,3 +238,21 @@ def test_videos_keep_their_folder_and_frame_ids(
     assert not list(out.rglob("*partial*"))
     ids = {r["image_id"] for r in json.loads((out / "predictions.json").read_text())}
     assert ids == {1, 2, 3, 4}
+
+
+def test_eval_checks_the_results_path_first(
+    tiny_run: dict, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_loading(monkeypatch)
+    not_a_folder = _touch(tmp_path / "file.txt")
+    cases = [
+        (tmp_path, "is a folder; give a file path"),
+        (tmp_path / "missing" / "r.json", f"the folder {tmp_path / 'missing'} does not exist"),
+        (not_a_folder / "r.json", "is not a folder"),
+    ]
+    if sys.platform.startswith("linux"):
+        cases.append((Path("/sys/r.json"), "the folder /sys is not writable"))
+    for results, message in cases:
+        assert eval_main([_ckpt(tiny_run), "--results", str(results)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
