@@ -332,7 +332,7 @@ class _Run:
             raise ValueError(f"{err}; --strict stops at the first unreadable input") from None
         from tqdm import tqdm
 
-        tqdm.write(f"warning: skipped {err}", file=sys.stderr)
+        tqdm.write(f"warning: skipped: {err}", file=sys.stderr)
         self.skipped.append({"file": str(item.path), "error": str(err)})
 
     def take_id(self, index: int) -> int:

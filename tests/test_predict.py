@@ -167,7 +167,7 @@ def test_unreadable_files_are_skipped_and_counted(tiny_run: dict, tmp_path: Path
     argv = [_ckpt(tiny_run), str(folder), "--out", str(out), "--no-flip"]
     assert predict_main(argv) == 0
     err = capsys.readouterr().err
-    assert err.count("warning: skipped cannot read image") == 2
+    assert err.count("warning: skipped: cannot read image") == 2
     assert "skipped 2 of 3 inputs that could not be read" in err.strip().splitlines()[-1]
     summary = json.loads((out / "images.json").read_text())
     assert [im["file"] for im in summary["images"]] == [str(folder / "b_good.jpg")]
@@ -230,7 +230,7 @@ def test_videos_keep_their_folder_and_frame_ids(
     out = tmp_path / "out"
     argv = [candidates, str(tmp_path / "in"), "--out", str(out), "--recursive", "--batch-size", "2"]
     assert predict_main(argv) == 0
-    assert "skipped cannot read video" in capsys.readouterr().err
+    assert "warning: skipped: cannot read video" in capsys.readouterr().err
     summary = json.loads((out / "images.json").read_text())
     rows = [(im["id"], im.get("frame"), im["overlay"]) for im in summary["images"]]
     assert rows == [(1, None, "clip.png")] + [(2 + i, i, "videos/clip.mp4") for i in range(3)]
