@@ -47,7 +47,7 @@ import math
 import numpy as np
 import torch
 
-from dekr.data.types import as_size
+from dekr.data.types import BatchTargetMaps, TargetMaps, as_size
 from dekr.official_targets import official_offsets, official_offsets_batch
 
 __all__ = ["encode_targets", "encode_targets_batch", "person_centers"]
@@ -132,7 +132,7 @@ def encode_targets(
     official: bool = False,
     official_centers: np.ndarray | None = None,
     official_areas: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+) -> TargetMaps:
     """DEKR targets of one sample.
 
     Args:
@@ -281,7 +281,7 @@ def encode_targets_batch(
     official: bool = False,
     official_centers: torch.Tensor | None = None,
     official_areas: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
+) -> BatchTargetMaps:
     """:func:`encode_targets` for a padded batch, on the device and dtype of ``keypoints``.
 
     Args:
