@@ -6,6 +6,9 @@ The public API, by stage (each name is documented where it is defined):
 * data: :class:`COCOKeypoints` (any COCO-format JSON), :func:`generate_synthetic_dataset`,
   :func:`ensure_synthetic_splits`, :class:`TrainSampleTransform`, :class:`DekrDataModule`,
   :func:`encode_targets`, :func:`encode_targets_batch`
+* sizes and samples (:mod:`dekr.data.types`): :class:`Size` ``(h, w)``, the typed dicts
+  :class:`RawSample`, :class:`WarpedSample`, :class:`TrainSample`, :class:`TrainBatch`,
+  :class:`TargetMaps`, :class:`BatchTargetMaps`
 * network: :func:`build_model`, :class:`DEKR`, :func:`load_official_dekr`,
   :func:`load_imagenet_backbone`
 * decoding and metric: :class:`DEKRDecoder`, :func:`predict_poses`, :class:`COCOEvaluator`,
@@ -28,6 +31,15 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from dekr.data.coco import COCOKeypoints
     from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
     from dekr.data.synthetic import ensure_synthetic_splits, generate_synthetic_dataset
+    from dekr.data.types import (
+        BatchTargetMaps,
+        RawSample,
+        Size,
+        TargetMaps,
+        TrainBatch,
+        TrainSample,
+        WarpedSample,
+    )
     from dekr.decoder import DEKRDecoder
     from dekr.drawing import draw_poses
     from dekr.evaluation import COCOEvaluator
@@ -50,6 +62,13 @@ _EXPORTS = {
     "ensure_synthetic_splits": "dekr.data.synthetic",
     "TrainSampleTransform": "dekr.data.datamodule",
     "DekrDataModule": "dekr.data.datamodule",
+    "Size": "dekr.data.types",
+    "RawSample": "dekr.data.types",
+    "WarpedSample": "dekr.data.types",
+    "TrainSample": "dekr.data.types",
+    "TrainBatch": "dekr.data.types",
+    "TargetMaps": "dekr.data.types",
+    "BatchTargetMaps": "dekr.data.types",
     "encode_targets": "dekr.targets",
     "encode_targets_batch": "dekr.targets",
     "build_model": "dekr.models.dekr",

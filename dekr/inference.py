@@ -5,10 +5,10 @@ list of RGB images of any sizes, batched by zero padding (every image keeps its 
 padded area never produces detections), and returns poses in original image pixels.
 
 Resize (official ``get_multi_scale_size``, DEKR_REFERENCE §6.2): the short side becomes
-``input_size · s``, the long side ``ceil64(input_size / short · long) · s``; the image is warped by
-the similarity ``x' = k (x − c) + size / 2`` around ``c = (int(w/2 + 0.5), int(h/2 + 0.5))`` with
-``k`` = resized short side / short side. Decoded poses (scale-1 input pixels) go back through the
-inverse of the scale-1 transform.
+``input_size · s``, the long side ``ceil64(input_size / short · long) · s``; the image is warped to
+that input size ``(h', w')`` by the similarity ``x' = k (x − c) + (w'/2, h'/2)`` around the point
+``c = (int(w/2 + 0.5), int(h/2 + 0.5))`` with ``k`` = resized short side / short side. Decoded
+poses (scale-1 input pixels) go back through the inverse of the scale-1 transform.
 
 Flip test (§6.3): the second pass sees the mirrored image shifted left by ``flip_shift`` input
 pixels (the last ``flip_shift`` columns keep the unshifted mirror, as the official code does).
@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from dekr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dekr.data.types import Size
 from dekr.decoder import DEKRDecoder, ScaleMaps
 from dekr.keypoints import KeypointSpec
 
@@ -48,29 +49,35 @@ Model = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Similarity ``x' = zoom · (x − center) + size / 2`` from an original image to the input.
+    """Similarity ``x' = zoom · (x − center) + (w/2, h/2)`` from an original image to the input.
 
     Attributes:
-        center: (cx, cy) original pixels. zoom: input px per original px. size: (w, h) input.
+        center: (cx, cy), a point in original pixels. zoom: input px per original px.
+        input_hw: :class:`~dekr.data.types.Size` ``(h, w)`` of the resized input (rows first,
+            as every size in the package).
     """
 
     center: tuple[float, float]
     zoom: float
-    size: tuple[int, int]
+    input_hw: Size
+
+    def _half(self) -> tuple[float, float]:
+        """The input centre as a point (x, y)."""
+        return self.input_hw.w / 2, self.input_hw.h / 2
 
     def matrix(self) -> np.ndarray:
         """2×3 affine matrix for ``cv2.warpAffine``."""
-        (cx, cy), k, (w, h) = self.center, self.zoom, self.size
-        return np.array([[k, 0.0, w / 2 - k * cx], [0.0, k, h / 2 - k * cy]], dtype=np.float64)
+        (cx, cy), k, (hx, hy) = self.center, self.zoom, self._half()
+        return np.array([[k, 0.0, hx - k * cx], [0.0, k, hy - k * cy]], dtype=np.float64)
 
     def to_input(self, points: np.ndarray) -> np.ndarray:
         """Original → input pixels for points (..., 2)."""
-        c, half = np.asarray(self.center), np.asarray(self.size) / 2
+        c, half = np.asarray(self.center), np.asarray(self._half())
         return (np.asarray(points, dtype=np.float64) - c) * self.zoom + half
 
     def to_original(self, points: Union[np.ndarray, Tensor]) -> Union[np.ndarray, Tensor]:
         """Input → original pixels for points (..., 2); numpy or torch."""
-        c, half = self.center, (self.size[0] / 2, self.size[1] / 2)
+        c, half = self.center, self._half()
         if isinstance(points, Tensor):
             shift = points.new_tensor(half)
             return (points - shift) / self.zoom + points.new_tensor(c)
@@ -83,14 +90,16 @@ def eval_transform(height: int, width: int, input_size: int, scale: float = 1.0)
     short, long = min(height, width), max(height, width)
     short_r = int(base * scale)
     long_r = int(int((base / short * long + 63) // 64 * 64) * scale)
-    size = (short_r, long_r) if width < height else (long_r, short_r)
+    input_hw = Size(long_r, short_r) if width < height else Size(short_r, long_r)
     center = (float(int(width / 2.0 + 0.5)), float(int(height / 2.0 + 0.5)))
-    return EvalTransform(center=center, zoom=short_r / short, size=size)
+    return EvalTransform(center=center, zoom=short_r / short, input_hw=input_hw)
 
 
 def resize_image(image: np.ndarray, transform: EvalTransform) -> np.ndarray:
-    """Warp an (H, W, 3) image to ``transform.size`` (bilinear, black border)."""
-    return cv2.warpAffine(image, transform.matrix(), transform.size, flags=cv2.INTER_LINEAR)
+    """Warp an (H, W, 3) image to ``transform.input_hw`` (bilinear, black border)."""
+    h, w = transform.input_hw
+    # cv2 takes its destination size as (width, height)
+    return cv2.warpAffine(image, transform.matrix(), (w, h), flags=cv2.INTER_LINEAR)
 
 
 def _batch(images: Sequence[np.ndarray], device: torch.device) -> tuple[Tensor, Tensor]:

@@ -144,8 +144,9 @@ def refine_joints(
         refined joints (N, K, 2) input px (unchanged where the fit failed), success (N, K) bool.
     """
     r = _map_radius(window_radius, stride)
-    size = torch.tensor(heatmaps.shape[:0:-1], device=joints.device, dtype=joints.dtype)  # (w, h)
-    center = torch.minimum(torch.round(joints / stride).clamp(min=0), size - 1)  # official clamp
+    # the last pixel (x, y) = (w - 1, h - 1): a point, compared with (x, y) joints
+    last = torch.tensor(heatmaps.shape[:0:-1], device=joints.device, dtype=joints.dtype) - 1
+    center = torch.minimum(torch.round(joints / stride).clamp(min=0), last)  # official clamp
     heat = _windows(heatmaps, center.long(), r).double()  # (N, K, S)
     d = torch.arange(-r, r + 1, device=joints.device, dtype=torch.float64)
     dy, dx = (g.flatten() for g in torch.meshgrid(d, d, indexing="ij"))

@@ -47,16 +47,10 @@ import math
 import numpy as np
 import torch
 
+from dekr.data.types import BatchTargetMaps, TargetMaps, as_size
 from dekr.official_targets import official_offsets, official_offsets_batch
 
 __all__ = ["encode_targets", "encode_targets_batch", "person_centers"]
-
-
-def _hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(output_size, int):
-        return output_size, output_size
-    h, w = output_size
-    return int(h), int(w)
 
 
 def person_centers(
@@ -138,14 +132,14 @@ def encode_targets(
     official: bool = False,
     official_centers: np.ndarray | None = None,
     official_areas: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+) -> TargetMaps:
     """DEKR targets of one sample.
 
     Args:
         keypoints: (N, K, 3) ``x, y, v`` in OUTPUT pixels; v = 0 marks an unlabelled keypoint.
         areas: (N,) annotation areas in original image pixels² (only for the small-person rule).
         valid_mask: (h, w), non-zero where the loss counts (``None``: everywhere).
-        output_size: ``h`` or ``(h, w)`` of the maps.
+        output_size: ``(h, w)`` of the maps, or one int for a square.
         stride: input pixels per output pixel (offset weights use input-pixel person sizes).
         sigma: keypoint Gaussian σ (DATASET.SIGMA 2); center_sigma: centre σ (CENTER_SIGMA 4).
         bg_weight: heatmap weight outside Gaussian windows (DATASET.BG_WEIGHT 0.1).
@@ -160,7 +154,7 @@ def encode_targets(
         ``heatmaps`` (K+1, h, w), ``heatmap_weights`` (K+1, h, w), ``offsets`` (2K, h, w) and
         ``offset_weights`` (2K, h, w), all float32.
     """
-    h, w = _hw(output_size)
+    h, w = as_size(output_size, "output_size")
     kps = np.asarray(keypoints, dtype=np.float64)
     if kps.ndim != 3 or kps.shape[2] != 3:
         raise ValueError(f"keypoints must be (N, K, 3), got shape {kps.shape}")
@@ -287,7 +281,7 @@ def encode_targets_batch(
     official: bool = False,
     official_centers: torch.Tensor | None = None,
     official_areas: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
+) -> BatchTargetMaps:
     """:func:`encode_targets` for a padded batch, on the device and dtype of ``keypoints``.
 
     Args:
@@ -302,7 +296,7 @@ def encode_targets_batch(
         ``heatmaps`` / ``heatmap_weights`` (B, K+1, h, w), ``offsets`` / ``offset_weights``
         (B, 2K, h, w).
     """
-    h, w = _hw(output_size)
+    h, w = as_size(output_size, "output_size")
     kps = keypoints if keypoints.is_floating_point() else keypoints.float()
     b, n, k = kps.shape[:3]
     dev, dt = kps.device, kps.dtype

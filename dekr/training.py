@@ -123,7 +123,7 @@ class RecipeDataModule(DekrDataModule):
             spec=self.spec,
             train_images=s.train_images,
             val_images=s.val_images,
-            image_size=(s.image_size, s.image_size),
+            size=s.image_size,
             seed=s.seed,
             max_people=s.max_people,
             min_height=s.min_height,

@@ -270,7 +270,7 @@ def test_test_resize_and_flip_inputs(golden, image, result, run):
     for geo, m in zip(geometry, r.maps):
         assert m.scale == geo["scale"]
         t = eval_transform(h, w, r.module.recipe.data.input_size, geo["scale"])
-        assert t.size == tuple(geo["size_resized_wh"])
+        assert t.input_hw == tuple(geo["size_resized_wh"][::-1])  # the golden file keeps (w, h)
         np.testing.assert_allclose(t.matrix(), geo["affine_orig_to_input"], rtol=0, atol=1e-9)
     flip = golden["runs"][run]["cfg_test"]["FLIP_TEST"]
     expected = [

@@ -54,9 +54,10 @@ def test_resize_inverse_is_identity_and_official_size(hw):
     pts = np.random.default_rng(0).uniform(0, 400, size=(7, 2))
     np.testing.assert_allclose(t.to_original(t.to_input(pts)), pts, atol=1e-9)
     np.testing.assert_allclose(t.to_original(torch.from_numpy(t.to_input(pts))).numpy(), pts)
-    assert min(t.size) == 512 and max(t.size) % 64 == 0
+    assert min(t.input_hw) == 512 and max(t.input_hw) % 64 == 0
+    assert (t.input_hw.h > t.input_hw.w) == (hw[0] > hw[1])  # rows first, like the image
     if hw == (480, 640):
-        assert t.size == (704, 512)  # maps 176 × 128
+        assert t.input_hw == (512, 704)  # maps 128 × 176
 
 
 def test_resize_image_matches_transform():

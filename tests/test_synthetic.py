@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from dekr.data.synthetic import ensure_synthetic_splits, generate_synthetic_dataset
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 
-SIZE = (96, 80)  # W, H: small and non-square to catch x/y mix-ups
+SIZE = (80, 96)  # (h, w): small and non-square to catch x/y mix-ups
 K5 = KeypointSpec(
     name="k5",
     names=("top", "l_arm", "r_arm", "mid", "tail"),
@@ -30,7 +30,7 @@ DENSE = {"max_people": 8, "crowd_prob": 0.5, "occluder_prob": 0.5}
 
 def _generate(root: Path, seed: int = 0, spec: KeypointSpec = COCO_KEYPOINTS, n: int = 12) -> Path:
     return generate_synthetic_dataset(
-        root, spec=spec, num_images=n, image_size=SIZE, seed=seed, split_name="val", **DENSE
+        root, spec=spec, num_images=n, size=SIZE, seed=seed, split_name="val", **DENSE
     )
 
 
@@ -58,6 +58,17 @@ def test_deterministic_by_seed(tmp_path: Path, coco_json: Path) -> None:
     assert not np.array_equal(_images(tmp_path / "b")[0], _images(tmp_path / "a")[0])
 
 
+def test_size_is_rows_first_and_the_old_argument_is_an_error(
+    tmp_path: Path, coco_json: Path
+) -> None:
+    assert all(im.shape[:2] == SIZE for im in _images(coco_json.parent.parent))
+    with pytest.raises(TypeError, match=r"size=\(h, w\)"):
+        generate_synthetic_dataset(tmp_path, num_images=1, image_size=(96, 80))
+    with pytest.raises(TypeError, match=r"size=\(h, w\)"):
+        ensure_synthetic_splits(tmp_path, train_images=1, val_images=1, image_size=96)
+    assert not any(tmp_path.iterdir()), "nothing is written before the error"
+
+
 def test_coco_structure(coco_json: Path) -> None:
     coco = _load(coco_json)
     data = json.loads(coco_json.read_text())
@@ -68,7 +79,7 @@ def test_coco_structure(coco_json: Path) -> None:
     assert cat["skeleton"] == [[a + 1, b + 1] for a, b in COCO_KEYPOINTS.limbs]
     root = coco_json.parent.parent
     for im in data["images"]:
-        assert (im["width"], im["height"]) == SIZE
+        assert (im["height"], im["width"]) == SIZE
         assert (root / "images" / "val" / im["file_name"]).is_file()
     people = [a for a in data["annotations"] if not a["iscrowd"]]
     assert len(people) > 30 and len(coco.getImgIds()) == 30
@@ -77,7 +88,7 @@ def test_coco_structure(coco_json: Path) -> None:
 
 def test_keypoints_and_boxes(coco_json: Path) -> None:
     data = json.loads(coco_json.read_text())
-    w, h = SIZE
+    h, w = SIZE
     flags = []
     for a in data["annotations"]:
         if a["iscrowd"]:
@@ -107,7 +118,7 @@ def test_crowd_regions_are_rle(coco_json: Path) -> None:
         assert isinstance(a["segmentation"], dict) and a["num_keypoints"] == 0
         assert not any(a["keypoints"])
         m = coco.annToMask(a)
-        assert m.shape == SIZE[::-1] and m.sum() == pytest.approx(a["area"])
+        assert m.shape == SIZE and m.sum() == pytest.approx(a["area"])
 
 
 def _ap_of_ground_truth(path: Path, spec: KeypointSpec) -> float:
@@ -145,7 +156,7 @@ def test_custom_spec(tmp_path: Path) -> None:
 
 def test_cache_reused_and_regenerated(tmp_path: Path) -> None:
     root = tmp_path / "synth"
-    kwargs = {"train_images": 4, "val_images": 2, "image_size": SIZE, "seed": 0}
+    kwargs = {"train_images": 4, "val_images": 2, "size": SIZE, "seed": 0}
     paths = ensure_synthetic_splits(root, **kwargs)
     assert set(paths) == {"train", "val"} and all(p.is_file() for p in paths.values())
     stamp = paths["train"].stat().st_mtime_ns
@@ -164,5 +175,5 @@ def test_cache_reused_and_regenerated(tmp_path: Path) -> None:
 def test_refuses_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
-        ensure_synthetic_splits(tmp_path, train_images=1, val_images=1, image_size=SIZE)
+        ensure_synthetic_splits(tmp_path, train_images=1, val_images=1, size=SIZE)
     assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         train_images=args.train,
         val_images=args.val,
-        image_size=(args.size, args.size),
+        size=args.size,
         seed=args.seed,
         max_people=args.max_people,
     )

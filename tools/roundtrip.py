@@ -46,7 +46,7 @@ def roundtrip_image(
 
     stride = decoder.stride
     t = eval_transform(height, width, input_size)
-    out_h, out_w = t.size[1] // stride, t.size[0] // stride
+    out_h, out_w = t.input_hw.h // stride, t.input_hw.w // stride
     raw = np.asarray(keypoints, dtype=np.float64)
     kps = raw.copy()
     kps[..., :2] = t.to_input(kps[..., :2]) / stride

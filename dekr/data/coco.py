@@ -1,8 +1,8 @@
 """COCO-format keypoint datasets (COCO, CrowdPose, any K) read through pycocotools.
 
-A sample is the raw dict of docs/architecture.md: ``image`` uint8 (H, W, 3) RGB, ``keypoints``
-float32 (N, K, 3), ``areas`` float32 (N,), ``ignore_mask`` bool (H, W) and ``image_id`` (the id in
-the JSON). Behaviour (DEKR_REFERENCE.md §3.1-3.3, COCOKeypoints.py):
+A sample is the raw dict of docs/architecture.md, :class:`~dekr.data.types.RawSample`: ``image``
+uint8 (H, W, 3) RGB, ``keypoints`` float32 (N, K, 3), ``areas`` float32 (N,), ``ignore_mask`` bool
+(H, W) and ``image_id`` (the id in the JSON). Behaviour (DEKR_REFERENCE.md §3.1-3.3, COCOKeypoints.py):
 
 * People are the non-crowd annotations with at least one labelled keypoint (v > 0; CrowdPose's
   ``num_keypoints`` counts only v = 2, so the field itself is not trusted).
@@ -39,6 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from dekr.data.types import RawSample
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["COCOKeypoints", "read_image"]
@@ -97,7 +98,7 @@ class COCOKeypoints:
         image_dir: str,
         spec: KeypointSpec,
         *,
-        transform: Callable[[dict[str, Any]], Any] | None = None,
+        transform: Callable[[RawSample], Any] | None = None,
         drop_images_without_annotations: bool = False,
         official: bool = False,
     ) -> None:
@@ -209,7 +210,7 @@ class COCOKeypoints:
             )
         return image
 
-    def raw_sample(self, index: int) -> dict[str, Any]:
+    def raw_sample(self, index: int) -> RawSample:
         """The raw sample dict of image ``self.image_ids[index]`` (no transform)."""
         img_id = self.image_ids[index]
         kps, areas = self._people[img_id]
@@ -225,5 +226,6 @@ class COCOKeypoints:
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> Any:
+        """The raw sample of ``index``, or what ``transform`` makes of it."""
         sample = self.raw_sample(index)
         return self.transform(sample) if self.transform is not None else sample

@@ -1,14 +1,15 @@
 """LightningDataModule, the training sample transform and the collate functions.
 
-Training batches are dicts: ``image`` (B, 3, S, S), ``image_id`` (B,) and the four target maps of
-:mod:`dekr.targets` (``heatmaps``, ``heatmap_weights``, ``offsets``, ``offset_weights``). With
+Training batches are :class:`~dekr.data.types.TrainBatch` dicts: ``image`` (B, 3, S, S),
+``image_id`` (B,) and the four target maps of :mod:`dekr.targets` (``heatmaps``, ``heatmap_weights``, ``offsets``, ``offset_weights``). With
 ``targets_on_device`` the workers ship ``keypoints`` (B, N, K, 3; padded people have v = 0 and
 area −1), ``areas`` (B, N) and ``valid_mask`` (B, h, w) instead (with ``official`` target
 kwargs also ``official_centers`` (B, N, 2) and float64 ``official_areas`` (B, N)), and the
 datamodule's
 ``on_after_batch_transfer`` builds the same maps on the training device, so the LightningModule
 sees one batch layout (a LightningModule overriding that hook too is shadowed by Lightning).
-Validation batches are lists of raw samples (:func:`collate_eval`). Samplers (DistributedSampler
+Validation batches are lists of raw samples (:class:`~dekr.data.types.RawSample`,
+:func:`collate_eval`). Samplers (DistributedSampler
 under DDP) are left to Lightning.
 """
 
@@ -24,6 +25,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dekr.data.transforms import augment_sample, normalize_image
+from dekr.data.types import (
+    DEVICE_TARGET_KEYS,
+    OFFICIAL_TARGET_KEYS,
+    TARGET_MAP_KEYS,
+    RawSample,
+    TrainBatch,
+    TrainSample,
+)
 from dekr.keypoints import KeypointSpec
 from dekr.targets import encode_targets, encode_targets_batch
 
@@ -35,12 +44,11 @@ __all__ = [
     "add_device_targets",
 ]
 
-TARGET_MAPS = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
-OFFICIAL_INPUTS = ("official_centers", "official_areas")  # warp_sample(..., official=True)
-
-
 class TrainSampleTransform:
     """Raw sample -> training sample: augmentation, normalisation and (optionally) targets.
+
+    Returns a :class:`~dekr.data.types.TrainSample`: the target maps, or with
+    ``targets_on_device`` the keypoints, areas and valid mask they are built from.
 
     Args:
         spec: keypoint set (flip pairs).
@@ -89,11 +97,9 @@ class TrainSampleTransform:
             self._rng_key = key
         return self._rng
 
-    def __call__(
-        self, sample: Mapping[str, Any], rng: np.random.Generator | None = None
-    ) -> dict[str, Any]:
+    def __call__(self, sample: RawSample, rng: np.random.Generator | None = None) -> TrainSample:
         aug = augment_sample(
-            dict(sample),
+            sample,
             rng=rng if rng is not None else self._generator(),
             flip_index=self.spec.flip_index,
             input_size=self.input_size,
@@ -102,13 +108,11 @@ class TrainSampleTransform:
             official=bool(self.target_kwargs.get("official", False)),
             **self.augment_kwargs,
         )
-        extra = {key: aug[key] for key in OFFICIAL_INPUTS if key in aug}
-        out: dict[str, Any] = {"image": normalize_image(aug["image"]), "image_id": aug["image_id"]}
+        extra = {key: aug[key] for key in OFFICIAL_TARGET_KEYS if key in aug}
+        out: TrainSample = {"image": normalize_image(aug["image"]), "image_id": aug["image_id"]}
         if self.targets_on_device:
-            out["keypoints"] = torch.from_numpy(aug["keypoints"])
-            out["areas"] = torch.from_numpy(aug["areas"])
-            out["valid_mask"] = torch.from_numpy(aug["valid_mask"])
-            out.update({key: torch.from_numpy(value) for key, value in extra.items()})
+            for key in (*DEVICE_TARGET_KEYS, *extra):
+                out[key] = torch.from_numpy(aug[key])
             return out
         maps = encode_targets(
             aug["keypoints"],
@@ -119,18 +123,19 @@ class TrainSampleTransform:
             **self.target_kwargs,
             **extra,
         )
-        out.update({k: torch.from_numpy(v) for k, v in maps.items()})
+        for key in TARGET_MAP_KEYS:
+            out[key] = torch.from_numpy(maps[key])
         return out
 
 
-def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def collate_train(samples: Sequence[TrainSample]) -> TrainBatch:
     """Stack training samples; keypoints are padded to the batch's largest N with v = 0 and
     area −1 (no person: below any ``min_center_area``, also under the official rules)."""
-    batch: dict[str, Any] = {
+    batch: TrainBatch = {
         "image": torch.stack([s["image"] for s in samples]),
         "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.long),
     }
-    for key in TARGET_MAPS:
+    for key in TARGET_MAP_KEYS:
         if key in samples[0]:
             batch[key] = torch.stack([s[key] for s in samples])
     if "keypoints" in samples[0]:
@@ -153,7 +158,7 @@ def collate_train(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def collate_eval(samples: Sequence[Any]) -> list[Any]:
+def collate_eval(samples: Sequence[RawSample]) -> list[RawSample]:
     """Validation batches: the raw samples as a list (inference resizes each image itself)."""
     return list(samples)
 
@@ -237,7 +242,7 @@ class DekrDataModule(pl.LightningDataModule):
         return add_device_targets(batch, **self.target_kwargs)
 
 
-def add_device_targets(batch: dict[str, Any], **target_kwargs: Any) -> dict[str, Any]:
+def add_device_targets(batch: TrainBatch, **target_kwargs: Any) -> TrainBatch:
     """Add the four target maps to a collated batch with keypoints/areas/valid_mask (and the
     official centres/areas when ``target_kwargs`` has ``official=True``)."""
     h, w = batch["valid_mask"].shape[-2:]
@@ -248,7 +253,7 @@ def add_device_targets(batch: dict[str, Any], **target_kwargs: Any) -> dict[str,
             "official_centers/official_areas: build them with TrainSampleTransform(..., "
             "target_kwargs={'official': True}) and collate_train"
         )
-    extra = {key: batch[key] for key in OFFICIAL_INPUTS if key in batch}
+    extra = {key: batch[key] for key in OFFICIAL_TARGET_KEYS if key in batch}
     maps = encode_targets_batch(
         batch["keypoints"],
         batch["areas"],

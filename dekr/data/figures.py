@@ -231,15 +231,16 @@ def draw_figure(image: np.ndarray, figure: Figure, color: int | None = None) -> 
             cv2.fillConvexPoly(image, q, c, line_type, _SHIFT)
 
 
-def draw_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Textured RGB background ``uint8 (H, W, 3)``: gradient, low-frequency noise, random
-    rectangles, ellipses, stripes and limb-like lines."""
+def draw_background(rng: np.random.Generator, *, height: int, width: int) -> np.ndarray:
+    """Textured RGB background ``uint8 (height, width, 3)``: gradient, low-frequency noise,
+    random rectangles, ellipses, stripes and limb-like lines."""
     t = np.linspace(0, 1, width, dtype=np.float32)[None, :] * rng.uniform(-1, 1)
     t = t + np.linspace(0, 1, height, dtype=np.float32)[:, None] * rng.uniform(-1, 1)
     c0, c1 = np.array(_color(rng), np.float32), np.array(_color(rng), np.float32)
     img = c0 + (t[..., None] - t.min()) / max(float(np.ptp(t)), 1e-6) * (c1 - c0)
     coarse = rng.normal(0, 30, (int(rng.integers(2, 9)), int(rng.integers(2, 9)), 3))
-    img += cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    img += cv2.resize(coarse.astype(np.float32), (width, height),  # cv2 sizes are (w, h)
+                      interpolation=cv2.INTER_CUBIC)  # fmt: skip
     img = np.clip(img, 0, 255).astype(np.uint8)
     size = float(min(width, height))
     for _ in range(int(rng.integers(0, 7))):

@@ -48,6 +48,7 @@ from dekr.data.figures import (
     draw_figure,
     draw_occluders,
 )
+from dekr.data.types import Size, as_size
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 
 __all__ = [
@@ -111,9 +112,9 @@ def _visibility(rng: np.random.Generator, keypoints: np.ndarray, labels: np.ndar
 
 
 def _person_annotation(keypoints: np.ndarray, figure_keypoints: np.ndarray, pad: float,
-                       size: tuple[int, int]) -> dict[str, Any]:  # fmt: skip
+                       size: Size) -> dict[str, Any]:  # fmt: skip
     """COCO fields of one person; the box is the padded keypoint extent clipped to the image."""
-    w, h = size
+    h, w = size
     lo = np.clip(figure_keypoints.min(0) - pad, 0, [w, h])
     hi = np.clip(figure_keypoints.max(0) + pad, 0, [w, h])
     x0, y0, x1, y1 = (round(float(v), 2) for v in (*lo, *hi))
@@ -143,11 +144,13 @@ def _crowd_annotation(labels: np.ndarray, num_keypoints: int) -> dict[str, Any] 
     }
 
 
-def render_scene(rng: np.random.Generator, maker: FigureMaker, size: tuple[int, int],
+def render_scene(rng: np.random.Generator, maker: FigureMaker, *, size: int | tuple[int, int],
                  options: SceneOptions) -> tuple[np.ndarray, list[dict[str, Any]]]:  # fmt: skip
-    """One image ``uint8 (H, W, 3)`` RGB and its annotations (COCO fields, without ids)."""
-    w, h = size
-    image = draw_background(rng, w, h)
+    """One image ``uint8 (H, W, 3)`` RGB of ``size`` ``(h, w)`` (or an int: a square) and its
+    annotations (COCO fields, without ids)."""
+    size = as_size(size)
+    h, w = size
+    image = draw_background(rng, height=h, width=w)
     labels = np.zeros((h, w), np.uint8)
     if rng.random() < options.crowd_prob:
         draw_crowd(rng, image, labels, maker, _CROWD_ID)
@@ -188,7 +191,7 @@ def generate_synthetic_dataset(
     *,
     spec: KeypointSpec = COCO_KEYPOINTS,
     num_images: int = 1000,
-    image_size: int | tuple[int, int] = (256, 256),
+    size: int | tuple[int, int] = 256,
     seed: int = 0,
     split_name: str = "train",
     options: SceneOptions | None = None,
@@ -200,7 +203,9 @@ def generate_synthetic_dataset(
         root: dataset folder (created if missing).
         spec: keypoint set of the figures and annotations.
         num_images: number of images.
-        image_size: ``(W, H)`` in pixels, or one int for a square.
+        size: image size ``(h, w)`` in pixels (rows first, as every size in the package), or
+            one int for a square. (Named ``image_size`` and ``(W, H)`` before; that name is an
+            error now, so no old call silently swaps the sides.)
         seed: random seed; mixed with ``split_name``, so splits with one seed differ.
         split_name: split folder and JSON name.
         options: scene difficulty knobs (default :class:`SceneOptions`).
@@ -209,22 +214,23 @@ def generate_synthetic_dataset(
     Returns:
         The path of the annotation JSON.
     """
+    _reject_old_size(knobs)
     options = dataclasses.replace(options or SceneOptions(), **knobs)
+    size = as_size(size)
     root = Path(root)
     image_dir = root / "images" / split_name
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     maker = FigureMaker(spec, max_rotation=options.max_rotation)
     split_key = zlib.crc32(split_name.encode())
-    w, h = _size(image_size)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng([seed, split_key, image_id])
-        image, anns = render_scene(rng, maker, (w, h), options)
+        image, anns = render_scene(rng, maker, size=size, options=options)
         file_name = f"{image_id:06d}.jpg"
         params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
         cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
-        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        images.append({"id": image_id, "file_name": file_name, "width": size.w, "height": size.h})
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": 1, **ann})  # fmt: skip
@@ -250,10 +256,13 @@ _MANIFEST = "manifest.json"
 _VERSION = 1  # bump when the generator's output changes, so caches are regenerated
 
 
-def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    return int(image_size[0]), int(image_size[1])
+def _reject_old_size(knobs: dict[str, Any]) -> None:
+    """TypeError for the old ``image_size=(W, H)`` argument (now ``size=(h, w)``)."""
+    if "image_size" in knobs:
+        raise TypeError(
+            f"image_size={knobs['image_size']!r}: the argument is now size=(h, w) (rows first; "
+            "it was image_size=(W, H)), or size=n for an n x n square"
+        )
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -298,7 +307,7 @@ def ensure_synthetic_splits(
     spec: KeypointSpec = COCO_KEYPOINTS,
     train_images: int = 1000,
     val_images: int = 200,
-    image_size: int | tuple[int, int] = (256, 256),
+    size: int | tuple[int, int] = 256,
     seed: int = 0,
     options: SceneOptions | None = None,
     **knobs: Any,
@@ -311,19 +320,22 @@ def ensure_synthetic_splits(
 
     Args:
         root: dataset folder; must be new, empty or an earlier synthetic dataset.
-        spec, image_size, seed, options, knobs: as in :func:`generate_synthetic_dataset`.
+        spec, size, seed, options, knobs: as in :func:`generate_synthetic_dataset` (``size`` is
+            ``(h, w)`` or an int).
         train_images: images in the ``train`` split.
         val_images: images in the ``val`` split.
 
     Returns:
         ``{"train": json_path, "val": json_path}``.
     """
+    _reject_old_size(knobs)
     options = dataclasses.replace(options or SceneOptions(), **knobs)
+    size = as_size(size)
     root = Path(root)
     counts = {"train": int(train_images), "val": int(val_images)}
     params = {
         "version": _VERSION, "spec": spec.to_dict(), "counts": counts, "seed": int(seed),
-        "image_size": list(_size(image_size)), "options": dataclasses.asdict(options),
+        "size_hw": list(size), "options": dataclasses.asdict(options),
     }  # fmt: skip
     digest = _params_hash(params)
     paths = {s: root / "annotations" / f"{s}.json" for s in counts}
@@ -333,7 +345,7 @@ def ensure_synthetic_splits(
     tmp = root.with_name(f".{root.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         for split, n in counts.items():
-            generate_synthetic_dataset(tmp, spec=spec, num_images=n, image_size=image_size,
+            generate_synthetic_dataset(tmp, spec=spec, num_images=n, size=size,
                                        seed=seed, split_name=split, options=options)  # fmt: skip
         manifest = {"hash": digest, "params": params}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))

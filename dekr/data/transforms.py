@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
+
+from dekr.data.types import RawSample, WarpedSample
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -131,7 +132,7 @@ def sample_affine_params(
 
 
 def augment_sample(
-    sample: dict[str, Any],
+    sample: RawSample,
     *,
     rng: np.random.Generator,
     flip_index: Sequence[int],
@@ -140,7 +141,7 @@ def augment_sample(
     flip_prob: float = 0.5,
     official: bool = False,
     **affine: float,
-) -> dict[str, Any]:
+) -> WarpedSample:
     """Random affine + flip of a raw sample (docs/architecture.md) for training.
 
     Draws ``(center, crop, rotation)`` with :func:`sample_affine_params` (``affine`` goes there)
@@ -160,7 +161,7 @@ def augment_sample(
 
 
 def warp_sample(
-    sample: dict[str, Any],
+    sample: RawSample,
     matrix: np.ndarray,
     *,
     flip: bool,
@@ -168,10 +169,10 @@ def warp_sample(
     input_size: int = 512,
     stride: int = 4,
     official: bool = False,
-) -> dict[str, Any]:
+) -> WarpedSample:
     """Apply the (2, 3) input-resolution ``matrix`` and an optional flip to a raw sample.
 
-    Returns ``image`` uint8 (S, S, 3), ``keypoints`` (N, K, 3) in OUTPUT pixels (float32, or
+    Returns a :class:`~dekr.data.types.WarpedSample`: ``image`` uint8 (S, S, 3), ``keypoints`` (N, K, 3) in OUTPUT pixels (float32, or
     float64 when the sample's are, as from the official reader), ``areas`` (N,) unchanged
     (original pixels², the small-person rule of the targets uses them as the official code does,
     before augmentation), ``valid_mask`` bool (S/stride, S/stride) and ``image_id``. With ``official`` the flip mirrors labels and mask at output resolution
@@ -201,7 +202,7 @@ def warp_sample(
     out_kps[..., :2] = warp_points(kps[..., :2], label_mat)
     if flip:
         out_kps = out_kps[:, list(flip_index)]
-    out = {
+    out: WarpedSample = {
         "image": warped,
         "keypoints": out_kps.astype(np.result_type(sample["keypoints"], np.float32)),
         "areas": np.asarray(sample["areas"], dtype=np.float32),

@@ -46,7 +46,7 @@ def _time_decode(
     """Median (wall, CPU) ms per image."""
     spec = COCO_KEYPOINTS
     t = eval_transform(480, 640, 512)
-    w_in, h_in = t.size
+    h_in, w_in = t.input_hw
     heat, off = _maps(people, h_in // 4, w_in // 4)
     heat, off = heat[None].repeat(batch, 1, 1, 1), off[None].repeat(batch, 1, 1, 1)
     images = torch.zeros(batch, 3, h_in, w_in)
