@@ -215,6 +215,7 @@ def compare_forward(out: dict[str, Any], golden: dict[str, np.ndarray], variant:
         assert_close(stats, golden[f"{variant}__{name}_chanstats"], f"{name} channel stats")
 
 
+@pytest.mark.slow
 def test_state_dict_layout_equals_official(info: dict[str, Any], keyed_model: DEKR) -> None:
     """Keys, shapes, dtypes and their order equal the official state dict; parameter and buffer
     element counts equal the official model's (model_w32.json ``n_params``, ``n_buffers_elems``)."""
@@ -225,6 +226,7 @@ def test_state_dict_layout_equals_official(info: dict[str, Any], keyed_model: DE
     assert sum(b.numel() for b in keyed_model.buffers()) == info["n_buffers_elems"]
 
 
+@pytest.mark.slow
 def test_keyed_weights_are_the_fixture_weights(
     info: dict[str, Any], golden: dict[str, np.ndarray], keyed_model: DEKR
 ) -> None:
@@ -234,6 +236,7 @@ def test_keyed_weights_are_the_fixture_weights(
     np.testing.assert_allclose(abs_sums, golden["keyed__param_abs_sum"], rtol=SUM_RTOL)
 
 
+@pytest.mark.slow
 def test_seeded_construction_draws_the_official_initial_values(
     info: dict[str, Any], golden: dict[str, np.ndarray], w32_recipe: tuple[str, int]
 ) -> None:
@@ -248,11 +251,11 @@ def test_seeded_construction_draws_the_official_initial_values(
     np.testing.assert_allclose(abs_sums, golden["seed0__param_abs_sum"], rtol=SUM_RTOL)
 
 
-# The full W32 forward in the deform form is the slow tier's (about 2.5 s on 2 cores): the default
-# tier keeps the grid_sample form (the CPU default), the deform form's AdaptBlock unit case below
-# and the deform = grid_sample equality tests of tests/test_models.py.
+# The W32 network comparisons (a W32 model with keyed weights and a forward at 512 per form, several
+# seconds on 2 cores) are the slow tier's, which CI runs; the default tier keeps the AdaptBlock unit
+# case of both forms below and the deform = grid_sample equality tests of tests/test_models.py.
 @pytest.fixture(
-    scope="module", params=[pytest.param("deform", marks=pytest.mark.slow), "grid_sample"]
+    scope="module", params=[pytest.param(impl, marks=pytest.mark.slow) for impl in IMPLS]
 )
 def keyed_forward(request: pytest.FixtureRequest, keyed_model: DEKR, info: dict[str, Any]):
     return run_forward(keyed_model, network_input(info), request.param)

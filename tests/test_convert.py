@@ -123,6 +123,7 @@ def test_official_crowdpose_predicts_and_evaluates(official: dict, tmp_path: Pat
     assert "AP" in capsys.readouterr().out and (tmp_path / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_recipe_option_and_mismatches(official: dict, tmp_path: Path, capsys) -> None:
     path, _ = official["coco_w32"]
     out = tmp_path / "x.ckpt"

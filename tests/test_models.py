@@ -59,7 +59,7 @@ def test_exact_parameter_counts(name: str, backbone: str, k: int) -> None:
 @pytest.mark.parametrize(
     "name,backbone,k,size",
     [
-        ("coco_w32_512", "hrnet_w32", 17, 512),  # 45.385 G
+        pytest.param("coco_w32_512", "hrnet_w32", 17, 512, marks=pytest.mark.slow),  # 45.385 G
         pytest.param("coco_w48_640", "hrnet_w48", 17, 640, marks=pytest.mark.slow),  # 141.527 G
         pytest.param("crowdpose_w32_512", "hrnet_w32", 14, 512, marks=pytest.mark.slow),  # 44.749 G
     ],

@@ -215,7 +215,10 @@ def _checkpoint(path: Path, recipe: dict[str, Any], weights_recipe: dict[str, An
     return path
 
 
-@pytest.mark.parametrize("other", ["keypoints=crowdpose", "model.backbone=hrnet_w16_small"])
+@pytest.mark.parametrize(
+    "other",
+    ["keypoints=crowdpose", pytest.param("model.backbone=hrnet_w16_small", marks=pytest.mark.slow)],
+)
 def test_cli_checkpoint_of_another_model(
     other: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -264,6 +264,7 @@ def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> 
     assert len(docs[0][1]) == len(docs[1][1]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
     """Targets on the device, bf16 autocast, accumulation, clipping, EMA and lr scaling together."""

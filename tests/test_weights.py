@@ -42,7 +42,8 @@ def _official_file(tmp_path: Path, layout: str, wrap: bool = False) -> tuple[Pat
     return path, state
 
 
-@pytest.mark.parametrize("wrap", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("wrap", [False, True])
 def test_official_checkpoint_loads_strictly(tmp_path: Path, wrap: bool) -> None:
     path, state = _official_file(tmp_path, "coco_w32", wrap)
     model = build_model("hrnet_w32", num_keypoints=17)
@@ -52,6 +53,7 @@ def test_official_checkpoint_loads_strictly(tmp_path: Path, wrap: bool) -> None:
     assert all(torch.equal(own[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_crowdpose_checkpoint_into_coco_model_names_k(tmp_path: Path) -> None:
     path, _ = _official_file(tmp_path, "crowdpose_w32")
     model = build_model("hrnet_w32", num_keypoints=17)
@@ -107,6 +109,7 @@ def _classification_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     return path, state
 
 
+@pytest.mark.slow
 def test_imagenet_backbone_initialises_backbone_only(tmp_path: Path) -> None:
     path, state = _classification_checkpoint(tmp_path)
     model = build_model("hrnet_w32", num_keypoints=17)
