@@ -6,9 +6,11 @@ No test is ever skipped: everything a test needs is in the repository (``tests/d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from dekr.keypoints import KeypointSpec
 
@@ -50,6 +52,16 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
     items.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in items.items()]
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's models: on a shared 2-core machine, threads contend
+    (up to 10x slower for tiny models). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
