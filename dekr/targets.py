@@ -166,10 +166,10 @@ def encode_targets(
     hw_[:] = mask * np.float32(bg_weight)
     kp_ok = (kps[..., 2] > 0) & _inside(kps, h, w)  # (N, K)
     if official:
-        centres, has_c = _official_inputs(official_centers, official_areas, areas, n)
+        centres = _official_centres(official_centers, official_areas, n)
+        has_c = areas >= min_center_area
     else:
         centres, has_c = person_centers(kps, areas, min_center_area)
-    has_c = has_c & (areas >= min_center_area)
     c_ok = has_c & _inside(centres, h, w)
     nn, kk = np.nonzero(kp_ok)
     sig = _row_sigmas(k, sigma, center_sigma, official)
@@ -197,14 +197,14 @@ def _row_sigmas(k: int, sigma: float, center_sigma: float, official: bool) -> np
     return np.where(rows < limit, sigma, center_sigma)
 
 
-def _official_inputs(centers, areas_off, areas, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _official_centres(centers, areas_off, n: int) -> np.ndarray:
+    """(N, 2) float64 official centres; both official inputs must be given."""
     if centers is None or areas_off is None:
         raise ValueError(
             "official=True needs official_centers and official_areas "
             "(dekr.data.transforms.warp_sample(..., official=True) returns them)"
         )
-    centers = np.asarray(centers, dtype=np.float64).reshape(n, 2)
-    return centers, np.ones(n, bool)
+    return np.asarray(centers, dtype=np.float64).reshape(n, 2)
 
 
 def _offsets_numpy(kps, kp_ok, centres, c_ok, size, h, w, radius):
