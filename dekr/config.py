@@ -25,8 +25,6 @@ __all__ = [
     "load_recipe",
     "recipe_from_dict",
     "import_target",
-    "target_kwargs",
-    "decoder_kwargs",
 ]
 
 
@@ -48,7 +46,7 @@ class SyntheticConfig:
     root: str = "data/synthetic"
     train_images: int = 1000
     val_images: int = 200
-    image_size: int = 256
+    size: int = 256  # side of the square images (dekr.data.synthetic.ensure_synthetic_splits)
     seed: int = 0
     # scene difficulty (dekr.data.synthetic.SceneOptions)
     max_people: int = 6
@@ -56,6 +54,9 @@ class SyntheticConfig:
     max_height: float = 0.85
     occluder_prob: float = 0.3
     crowd_prob: float = 0.1
+    unlabelled_prob: float = 0.02
+    max_rotation: float = 12.0  # in-plane rotation of a figure, degrees
+    jpeg_quality: int = 95
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TargetConfig:
     bg_weight: float = 0.1  # DATASET.BG_WEIGHT
     offset_radius: int = 4  # DATASET.OFFSET_RADIUS
     min_center_area: float = 1024.0  # 32²: smaller people get no centre (COCOKeypoints.py)
+    min_box_diagonal: float = 32.0  # input px; offset weights use max(person diagonal, this)
     on_device: bool = False  # build targets on the training device instead of in workers
     # the official targets exactly (area rule, (0, 0) centre, 8x8 window, overlap rule, flip at
     # output resolution, official reader); default: the fixed rules of dekr/targets.py
@@ -111,17 +113,32 @@ class LossConfig:
 
 
 @dataclass
+class MatchConfig:
+    """Heatmap matching (``decode.match_heatmaps``): :class:`dekr.matching.MatchSettings`."""
+
+    num_candidates: int = 30  # peaks per keypoint type (DATASET.MAX_NUM_PEOPLE)
+    max_absorb_distance: float = 75.0  # input px (TEST.MAX_ABSORB_DISTANCE)
+    adjust_threshold: float = 0.05  # joints above this score are refined (TEST.ADJUST_THRESHOLD)
+    pool_radius: float = 2.0  # input px of the peak max-filter
+    window_radius: float = 6.0  # input px of the refinement window
+
+
+@dataclass
 class DecodeConfig:
     max_people: int = 30  # DATASET.MAX_NUM_PEOPLE
     center_threshold: float = 0.01  # TEST.KEYPOINT_THRESHOLD
     nms_threshold: float = 0.05  # TEST.NMS_THRE (0.15 for multi-scale)
-    nms_num: int = 8  # TEST.NMS_NUM_THRE (COCO 8, CrowdPose 7)
+    # TEST.NMS_NUM_THRE; None = K // 2 of the keypoint set (COCO 8, CrowdPose 7, as official)
+    nms_num: Optional[int] = None
+    # centre NMS kernel 3 / 5 / 7 above these map sizes (TEST.POOL_THRESHOLD2, POOL_THRESHOLD1)
+    pool_thresholds: list[int] = field(default_factory=lambda: [200, 300])
     flip: bool = True  # TEST.FLIP_TEST
     # input px; 3 = stride - 1 mirrors the maps exactly on the output grid (official TEST flip)
     flip_shift: int = 3
     scales: list[float] = field(default_factory=lambda: [1.0])  # TEST.SCALE_FACTOR
     scale_decrease: float = 0.9  # TEST.DECREASE (COCO 0.9, CrowdPose 0.8)
     match_heatmaps: bool = False  # TEST.MATCH_HMP
+    matching: MatchConfig = field(default_factory=MatchConfig)
     rescore_checkpoint: Optional[str] = None  # rescoring net weights (tools/train_rescore.py)
 
 
@@ -202,11 +219,17 @@ def _section_type(dotted: str) -> type | None:
     return cls
 
 
+# keys that were renamed: the old spelling's error names the new one
+_RENAMED = {"data.synthetic.image_size": "data.synthetic.size"}
+
+
 def _explain(err: OmegaConfBaseException, source: str) -> RecipeError:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if "not in" in msg or "Key" in msg and "not" in msg:
         options = _valid_keys(_section_type(key))
+        if key in _RENAMED:
+            return RecipeError(f"{source}: unknown key '{key}': it is now '{_RENAMED[key]}'")
         near = difflib.get_close_matches(key.split(".")[-1], options, n=1)
         hint = f"; did you mean '{'.'.join([*key.split('.')[:-1], near[0]])}'?" if near else ""
         return RecipeError(f"{source}: unknown key '{key}'{hint} (valid here: {options})")
@@ -279,29 +302,3 @@ def check_targets(recipe: DictConfig, source: str) -> None:
             inspect.signature(obj).bind(**kwargs)
         except TypeError as err:
             raise RecipeError(f"{source}: data.{key} ({target}): {err}") from None
-
-
-def target_kwargs(recipe: DictConfig) -> dict[str, Any]:
-    """The recipe's ``targets`` section as keyword arguments of ``encode_targets``."""
-    t = recipe.targets
-    return dict(
-        sigma=t.sigma,
-        center_sigma=t.center_sigma,
-        bg_weight=t.bg_weight,
-        offset_radius=t.offset_radius,
-        min_center_area=t.min_center_area,
-        official=t.official,
-    )
-
-
-def decoder_kwargs(recipe: DictConfig) -> dict[str, Any]:
-    """The recipe's ``decode`` section as keyword arguments of :class:`dekr.decoder.DEKRDecoder`."""
-    d = recipe.decode
-    return dict(
-        max_people=d.max_people,
-        center_threshold=d.center_threshold,
-        nms_threshold=d.nms_threshold,
-        nms_num=d.nms_num,
-        scale_decrease=d.scale_decrease,
-        match_heatmaps=d.match_heatmaps,
-    )

@@ -27,7 +27,7 @@ from dekr.maps import (
     suppress_non_maxima,
     upsampled_points,
 )
-from dekr.matching import average_heatmaps, match_poses_to_heatmaps
+from dekr.matching import MatchSettings, average_heatmaps, match_poses_to_heatmaps
 
 __all__ = [
     "ScaleMaps",
@@ -192,6 +192,7 @@ class DEKRDecoder:
         scale_decrease: factor on the renormalised scores of scales ≠ 1 (TEST.DECREASE).
         match_heatmaps: snap the kept poses' joints to heatmap maxima and refine them
             (TEST.MATCH_HMP), see :func:`dekr.matching.match_poses_to_heatmaps`.
+        matching: the matching's settings (default: the official TEST values).
         stride: input pixels per output pixel.
         rescorer: optional callable ``(keypoints (N, K, 3) original px, scores (N,)) → scores``
             applied by :mod:`dekr.inference` after the inverse resize.
@@ -208,6 +209,7 @@ class DEKRDecoder:
         pool_thresholds: Sequence[int] = (200, 300),
         scale_decrease: float = 0.9,
         match_heatmaps: bool = False,
+        matching: Optional[MatchSettings] = None,
         stride: int = 4,
         rescorer: Optional[object] = None,
     ) -> None:
@@ -219,6 +221,7 @@ class DEKRDecoder:
         self.pool_thresholds = tuple(int(t) for t in pool_thresholds)
         self.scale_decrease = float(scale_decrease)
         self.match_heatmaps = bool(match_heatmaps)
+        self.matching = matching or MatchSettings()
         self.stride = int(stride)
         self.rescorer = rescorer
 
@@ -339,5 +342,8 @@ class DEKRDecoder:
         for b, res in enumerate(results):
             h, w = maps[ref].sizes[b].tolist()
             res["keypoints"] = match_poses_to_heatmaps(
-                res["keypoints"], avg[b, :, :h, :w], stride=self.stride / scales[ref]
+                res["keypoints"],
+                avg[b, :, :h, :w],
+                stride=self.stride / scales[ref],
+                **self.matching.kwargs(),
             )

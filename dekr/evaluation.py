@@ -3,7 +3,8 @@
 Two rule sets, chosen from the keypoint spec (:func:`evaluation_rules`):
 
 * ``"coco"`` (every spec but CrowdPose's): pycocotools ``keypoints``. OKS scale = the annotation's
-  ``area`` (where missing: the area of the labelled keypoints' box); AP, AP50, AP75, APM, APL, AR,
+  area by :func:`annotation_area`, the reader's rule too (``area``; where missing the ``bbox``
+  w·h, then the labelled keypoints' box); AP, AP50, AP75, APM, APL, AR,
   AR50, AR75, ARM, ARL.
 * ``"crowdpose"`` (the CrowdPose keypoint set): the CrowdPose benchmark's rules (crowdposetools,
   xtcocotools ``keypoints_crowd`` with ``use_area=False``), computed by faster-coco-eval in that
@@ -44,6 +45,7 @@ __all__ = [
     "evaluation_rules",
     "format_table",
     "keypoint_box_area",
+    "annotation_area",
 ]
 
 _STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -77,20 +79,39 @@ def keypoint_box_area(keypoints: np.ndarray) -> float:
     return float(w * h)
 
 
+def annotation_area(ann: dict[str, Any]) -> float:
+    """The area of a COCO annotation, the one rule of the reader and the evaluator: its
+    ``area``; where missing (CrowdPose) the ``bbox`` w·h; without a bbox the box of the labelled
+    keypoints; 0 without any of them."""
+    if ann.get("area") is not None:
+        return float(ann["area"])
+    box = ann.get("bbox")
+    if box is not None and len(box) == 4:
+        return float(box[2]) * float(box[3])
+    return keypoint_box_area(np.asarray(ann.get("keypoints") or [], dtype=np.float64))
+
+
 def _fill_missing(dataset: dict[str, Any]) -> None:
     """Give annotations without ``area`` / ``bbox`` / ``num_keypoints`` keypoint-derived ones."""
     for ann in dataset.get("annotations", []):
-        kp = np.asarray(ann.get("keypoints", []), dtype=np.float64).reshape(-1, 3)
-        if "num_keypoints" not in ann:
+        kp = np.asarray(ann.get("keypoints") or [], dtype=np.float64).reshape(-1, 3)
+        if ann.get("num_keypoints") is None:
             ann["num_keypoints"] = int((kp[:, 2] > 0).sum())
-        if "area" not in ann:
-            ann["area"] = keypoint_box_area(kp)
-        if "bbox" not in ann:
+        if ann.get("area") is None:
+            ann["area"] = annotation_area(ann)
+        if ann.get("bbox") is None:
             xy = kp[kp[:, 2] > 0, :2]
             lo, hi = (xy.min(0), xy.max(0)) if len(xy) else (np.zeros(2), np.zeros(2))
             ann["bbox"] = [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("category_id", 1)
+        if ann.get("iscrowd") is None:
+            ann["iscrowd"] = 0
+        if ann.get("category_id") is None:
+            ann["category_id"] = 1
+
+
+def _needs_fill(dataset: dict[str, Any]) -> bool:
+    keys = ("num_keypoints", "area", "bbox", "iscrowd", "category_id")
+    return any(ann.get(key) is None for ann in dataset.get("annotations", []) for key in keys)
 
 
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -146,9 +167,11 @@ class COCOEvaluator:
             raise ValueError(
                 f"unknown evaluation rules {self.rules!r}; expected one of {list(RULES)}"
             )
+        if coco_gt is not None and _needs_fill(coco_gt.dataset):
+            dataset = copy.deepcopy(coco_gt.dataset)  # the caller's object stays as it is
+            _fill_missing(dataset)
+            coco_gt = _quiet_coco(dataset)
         self.coco_gt = coco_gt
-        if coco_gt is not None:
-            _fill_missing(coco_gt.dataset)  # coco_gt.anns shares these dicts
         self._gt_images: dict[int, dict[str, Any]] = {}
         self._gt_annotations: dict[int, list[dict[str, Any]]] = {}
         self.reset()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,13 @@ from torch import Tensor
 
 from dekr.maps import reference_index, suppress_non_maxima, upsampled_grid
 
-__all__ = ["match_poses_to_heatmaps", "absorb_to_peaks", "refine_joints", "average_heatmaps"]
+__all__ = [
+    "match_poses_to_heatmaps",
+    "MatchSettings",
+    "absorb_to_peaks",
+    "refine_joints",
+    "average_heatmaps",
+]
 
 
 def average_heatmaps(
@@ -161,6 +168,25 @@ def refine_joints(
     ok = (info == 0) & (q < 0) & torch.isfinite(shift).all(-1) & (shift.abs() <= r).all(-1)
     refined = (center + shift.to(joints.dtype)) * stride
     return torch.where(ok[..., None], refined, joints), ok
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """Settings of :func:`match_poses_to_heatmaps` (the decoder's ``matching``): the official
+    TEST values. ``num_candidates`` peaks per keypoint type (DATASET.MAX_NUM_PEOPLE);
+    ``max_absorb_distance`` input px (TEST.MAX_ABSORB_DISTANCE); joints scoring above
+    ``adjust_threshold`` are refined (TEST.ADJUST_THRESHOLD); ``pool_radius`` and
+    ``window_radius`` input px of the peak max-filter and of the refinement window."""
+
+    num_candidates: int = 30
+    max_absorb_distance: float = 75.0
+    adjust_threshold: float = 0.05
+    pool_radius: float = 2.0
+    window_radius: float = 6.0
+
+    def kwargs(self) -> dict[str, float]:
+        """Keyword arguments of :func:`match_poses_to_heatmaps`."""
+        return asdict(self)
 
 
 def match_poses_to_heatmaps(

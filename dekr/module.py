@@ -1,17 +1,21 @@
 """``DekrModule``: the Lightning system around the DEKR network (model + loss + decoder + metric).
 
-The recipe (a plain dict) is the only hyper-parameter, saved in every checkpoint, so a checkpoint
-loads without its YAML (:func:`load_checkpoint`). Devices, processes, precision and gradient
-accumulation belong to Lightning; nothing here calls ``torch.distributed`` directly.
+The module is built from typed parts (network, loss, decoder, optimiser settings, inference
+settings); :meth:`DekrModule.from_recipe` binds them from a recipe (:mod:`dekr.binding`) and saves
+the recipe in every checkpoint, so a checkpoint loads without its YAML (:func:`load_checkpoint`).
+Validation results are gathered across processes by a torchmetrics metric
+(:class:`dekr.metric.KeypointAP`), with the ground truth the DataModule provides. Devices,
+processes, precision and gradient accumulation belong to Lightning; nothing here calls
+``torch.distributed`` directly.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -20,18 +24,19 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.data import Subset
 
-from dekr.config import decoder_kwargs, recipe_from_dict
+from dekr.binding import decoder_kwargs, section_kwargs
+from dekr.config import OptimConfig, recipe_from_dict
 from dekr.decoder import DEKRDecoder
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import predict_poses
 from dekr.keypoints import KeypointSpec, get_keypoint_spec
 from dekr.loss import DEKRLoss
+from dekr.metric import KeypointAP
 from dekr.models.dekr import DEKR, build_model
 from dekr.rescore import Rescorer
 
-__all__ = ["DekrModule", "load_checkpoint", "spec_from_recipe", "lr_factor"]
+__all__ = ["DekrModule", "InferenceSettings", "load_checkpoint", "spec_from_recipe", "lr_factor"]
 
 
 def spec_from_recipe(recipe: DictConfig) -> KeypointSpec:
@@ -62,47 +67,103 @@ def lr_factor(
     raise ValueError(f"optim.schedule {schedule!r} unknown; expected multistep, cosine or constant")
 
 
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How validation and prediction run the network: the input side, test scales and flip."""
+
+    input_size: int = 512  # side S of the resized, padded input (data.input_size)
+    scales: tuple[float, ...] = (1.0,)  # decode.scales
+    flip: bool = True  # decode.flip
+    flip_shift: int = 3  # decode.flip_shift
+
+
 class DekrModule(pl.LightningModule):
-    """Training and validation of a DEKR network from a recipe.
+    """Training and validation of a DEKR network, built from its parts.
 
     Args:
-        recipe: the resolved recipe as a plain dict (see :mod:`dekr.config`).
-        model: an already built network (default: built from the recipe, random init).
+        model: the network.
+        spec: its keypoint set.
+        criterion: the loss (default :class:`~dekr.loss.DEKRLoss` with the official factors).
+        decoder: network outputs → people (default ``DEKRDecoder(spec)``).
+        optim: optimiser and schedule (default :class:`~dekr.config.OptimConfig`).
+        inference: validation/prediction settings (default :class:`InferenceSettings`).
+        channels_last: run the network in NHWC memory format.
+        max_bad_loss_batches: batches with a non-finite loss skipped before the run stops.
+        log_images_every_n_epochs: truth | prediction pictures to the logger (0: never).
+        recipe: the recipe the parts were built from (:meth:`from_recipe`), saved in checkpoints
+            so that :func:`load_checkpoint` rebuilds the module from the file alone.
     """
 
-    def __init__(self, recipe: dict[str, Any], model: Optional[DEKR] = None) -> None:
+    def __init__(
+        self,
+        model: DEKR,
+        spec: KeypointSpec,
+        *,
+        criterion: Optional[DEKRLoss] = None,
+        decoder: Optional[DEKRDecoder] = None,
+        optim: Optional[OptimConfig] = None,
+        inference: Optional[InferenceSettings] = None,
+        channels_last: bool = False,
+        max_bad_loss_batches: int = 0,
+        log_images_every_n_epochs: int = 1,
+        recipe: Optional[dict[str, Any]] = None,
+    ) -> None:
         super().__init__()
-        self.save_hyperparameters({"recipe": recipe}, ignore=["model"])
-        self.recipe = recipe_from_dict(recipe)
-        cfg = self.recipe
-        self.spec = spec_from_recipe(cfg)
-        self.model = model or build_model(
-            cfg.model.backbone,
-            num_keypoints=self.spec.num_keypoints,
-            adaptive_impl=cfg.model.adaptive_impl,
-        )
-        if cfg.model.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.criterion = DEKRLoss(
-            cfg.loss.heatmap_factor, cfg.loss.offset_factor, cfg.loss.offset_beta
-        )
-        path = cfg.decode.rescore_checkpoint
-        self.decoder = DEKRDecoder(
-            self.spec,
-            **decoder_kwargs(cfg),
-            rescorer=Rescorer.load(path, self.spec) if path else None,
-        )
+        if recipe is not None:
+            self.save_hyperparameters({"recipe": recipe})
+        self.recipe: Optional[DictConfig] = recipe_from_dict(recipe) if recipe else None
+        self.spec = spec
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.channels_last = channels_last
+        self.criterion = criterion or DEKRLoss()
+        self.decoder = decoder or DEKRDecoder(spec)
+        self.optim = optim or OptimConfig()
+        self.inference = inference or InferenceSettings()
+        self.max_bad_loss_batches = int(max_bad_loss_batches)
+        self.log_images_every_n_epochs = int(log_images_every_n_epochs)
+        self.val_metric = KeypointAP(spec)
         self.evaluator: Optional[COCOEvaluator] = None
         self.bad_loss_batches = 0
-        self._val_records: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self._val_gt: list[tuple[int, np.ndarray, np.ndarray, int, int]] = []
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self.last_validated_step = -1
         self._fit_start: Optional[float] = None
 
+    @classmethod
+    def from_recipe(
+        cls, recipe: Union[DictConfig, dict[str, Any]], model: Optional[DEKR] = None
+    ) -> DekrModule:
+        """The module a recipe describes (``model``: an already built network instead of a
+        randomly initialised one); every part is bound by :mod:`dekr.binding`."""
+        cfg = recipe_from_dict(recipe)
+        spec = spec_from_recipe(cfg)
+        model = model or build_model(
+            **section_kwargs(cfg, "model"), num_keypoints=spec.num_keypoints
+        )
+        path = cfg.decode.rescore_checkpoint
+        d = cfg.decode
+        return cls(
+            model,
+            spec,
+            criterion=DEKRLoss(**section_kwargs(cfg, "loss")),
+            decoder=DEKRDecoder(
+                spec, **decoder_kwargs(cfg), rescorer=Rescorer.load(path, spec) if path else None
+            ),
+            optim=OmegaConf.to_object(cfg.optim),
+            inference=InferenceSettings(
+                input_size=cfg.data.input_size,
+                scales=tuple(float(s) for s in d.scales),
+                flip=d.flip,
+                flip_shift=d.flip_shift,
+            ),
+            channels_last=cfg.model.channels_last,
+            max_bad_loss_batches=cfg.trainer.max_bad_loss_batches,
+            log_images_every_n_epochs=cfg.trainer.log_images_every_n_epochs,
+            recipe=OmegaConf.to_container(cfg, resolve=True),
+        )
+
     def _memory_format(self, images: Tensor) -> Tensor:
-        if self.recipe.model.channels_last:
+        if self.channels_last:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
@@ -124,7 +185,7 @@ class DekrModule(pl.LightningModule):
 
     def _bad_loss(self, losses: dict[str, Tensor]) -> None:
         self.bad_loss_batches += 1
-        limit = self.recipe.trainer.max_bad_loss_batches
+        limit = self.max_bad_loss_batches
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         if self.bad_loss_batches > limit or self.trainer.world_size > 1:
@@ -147,55 +208,51 @@ class DekrModule(pl.LightningModule):
         self.log("train/images_per_s", self._epoch_images / seconds)
         self.log("train/bad_loss_batches", float(self.bad_loss_batches))
 
-    def on_train_end(self) -> None:
-        """Under DDP, every rank prints a digest of its weights (they must all be equal)."""
-        if self.trainer.world_size > 1:
-            digest = hashlib.sha1()
-            for tensor in self.model.state_dict().values():
-                digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-            print(f"[rank {self.global_rank}] weights sha1 {digest.hexdigest()}", flush=True)
-
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._val_records, self._val_gt = [], []
+        self.val_metric.reset()
+        self.val_metric.ground_truth = self._val_ground_truth()
+
+    def _val_ground_truth(self) -> Any:
+        """The DataModule's validation ground truth (``val_ground_truth()``), when it has one."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        get = getattr(datamodule, "val_ground_truth", None)
+        return get() if callable(get) else None
 
     def predict_images(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Poses (original pixels) of RGB uint8 images with the recipe's test settings."""
-        d = self.recipe.decode
+        t = self.inference
         return predict_poses(
             self,
             images,
             spec=self.spec,
-            input_size=self.recipe.data.input_size,
-            scales=list(d.scales),
-            flip=d.flip,
-            flip_shift=d.flip_shift,
+            input_size=t.input_size,
+            scales=list(t.scales),
+            flip=t.flip,
+            flip_shift=t.flip_shift,
             decoder=self.decoder,
             device=self.device,
         )
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         preds = self.predict_images([s["image"] for s in batch])
-        for sample, pred in zip(batch, preds):
-            image_id = int(sample["image_id"])
-            self._val_records.append((image_id, pred["keypoints"], pred["scores"]))
-            h, w = sample["image"].shape[:2]
-            self._val_gt.append(
-                (
-                    image_id,
-                    np.asarray(sample["keypoints"], np.float32),
-                    np.asarray(sample["areas"], np.float32),
-                    h,
-                    w,
-                )
-            )
+        truths = [
+            {
+                "keypoints": s["keypoints"],
+                "areas": s["areas"],
+                "height": s["image"].shape[0],
+                "width": s["image"].shape[1],
+            }
+            for s in batch
+        ]
+        self.val_metric.update([int(s["image_id"]) for s in batch], preds, truths)
         if batch_idx == 0:
             self._log_pictures(batch, preds)
 
     def _log_pictures(
         self, batch: list[dict[str, Any]], preds: list[dict[str, np.ndarray]]
     ) -> None:
-        every = self.recipe.trainer.log_images_every_n_epochs
+        every = self.log_images_every_n_epochs
         logger = self.logger
         if not every or self.current_epoch % every or logger is None:
             return
@@ -216,96 +273,33 @@ class DekrModule(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        k = self.spec.num_keypoints
-        preds = self._gather(
-            [
-                (i, np.concatenate([kp.reshape(-1, 3 * k), s[:, None]], 1))
-                for i, kp, s in self._val_records
-            ],
-            3 * k + 1,
-        )
-        gts = self._gather(
-            [
-                (
-                    i,
-                    np.concatenate(
-                        [kp.reshape(-1, 3 * k), a[:, None], np.full((len(a), 2), (h, w))], 1
-                    ),
-                )
-                for i, kp, a, h, w in self._val_gt
-            ],
-            3 * k + 3,
-        )
-        evaluator = self.make_evaluator(gts)
-        evaluator.process(
-            [i for i, _ in preds],
-            [
-                {"keypoints": r[:, : 3 * k].reshape(-1, k, 3), "scores": r[:, 3 * k]}
-                for _, r in preds
-            ],
-        )
-        metrics = evaluator.evaluate() if evaluator.image_ids else {"AP": 0.0}
-        self.evaluator = evaluator
+        metrics = self.val_metric.compute()  # gathers every process's samples (torchmetrics)
+        self.evaluator = self.val_metric.last_evaluator
         self.last_validated_step = self.global_step
         for name, value in metrics.items():
             self.log(f"val/{name}", float(value), rank_zero_only=False, sync_dist=False)
         if self._fit_start is not None:  # wall time since fit start: the AP-against-minutes curve
             self.log("val/minutes", (time.perf_counter() - self._fit_start) / 60)
-
-    def _val_coco(self) -> Any:
-        """The validation dataset's pycocotools ``COCO`` ground truth, when it has one."""
-        dataset = getattr(getattr(self._trainer, "datamodule", None), "val_dataset", None)
-        while isinstance(dataset, Subset):
-            dataset = dataset.dataset
-        return getattr(dataset, "coco", None)
-
-    def make_evaluator(self, gts: list[tuple[int, np.ndarray]]) -> COCOEvaluator:
-        """The dataset's COCO ground truth (crowds and unlabelled people included), or one built
-        from the gathered validation samples for datasets without a JSON file."""
-        coco = self._val_coco()
-        if coco is not None:
-            return COCOEvaluator(self.spec, coco_gt=coco)
-        k = self.spec.num_keypoints
-        evaluator = COCOEvaluator(self.spec)
-        for image_id, rows in gts:
-            h, w = (int(rows[0, -2]), int(rows[0, -1])) if len(rows) else (0, 0)
-            evaluator.add_ground_truth(
-                image_id, rows[:, : 3 * k].reshape(-1, k, 3), rows[:, 3 * k], width=w, height=h
-            )
-        return evaluator
-
-    def _gather(
-        self, items: list[tuple[int, np.ndarray]], width: int
-    ) -> list[tuple[int, np.ndarray]]:
-        """All-gather variable-length per-image rows across processes; each image once."""
-        if self.trainer.world_size == 1:
-            return items
-        rows = max([len(r) for _, r in items] + [0])
-        rows = int(self.all_gather(torch.tensor(rows, device=self.device)).max())
-        n = len(items)
-        packed = torch.full((n, max(rows, 1), width), float("nan"), dtype=torch.float64)
-        ids = torch.tensor([i for i, _ in items], dtype=torch.int64)
-        for j, (_, r) in enumerate(items):
-            packed[j, : len(r)] = torch.from_numpy(np.asarray(r, np.float64))
-        all_packed = self.all_gather(packed.to(self.device)).reshape(-1, max(rows, 1), width)
-        all_ids = self.all_gather(ids.to(self.device)).reshape(-1)
-        out: dict[int, np.ndarray] = {}
-        for i, p in zip(all_ids.tolist(), all_packed.cpu().numpy()):
-            out[i] = p[~np.isnan(p).all(axis=1)]
-        return sorted(out.items())
+        self.val_metric.reset()
 
     # ------------------------------------------------------------------ optimisation
     def effective_lr(self) -> float:
-        o = self.recipe.optim
-        if not o.scale_lr:
+        """``optim.lr``, or with ``optim.scale_lr`` scaled by the trainer's global batch
+        (per-process batch × processes × accumulation) over ``optim.reference_batch``."""
+        o = self.optim
+        if not o.scale_lr or self._trainer is None:
             return o.lr
-        world = self.trainer.world_size if self._trainer is not None else 1
-        accumulate = self.recipe.trainer.accumulate_grad_batches
-        global_batch = self.recipe.data.batch_size * world * accumulate
+        trainer = self.trainer
+        per_process = getattr(trainer.datamodule, "batch_size", None)
+        if per_process is None:
+            per_process = getattr(trainer.train_dataloader, "batch_size", None)
+        if per_process is None:
+            raise ValueError("optim.scale_lr needs the per-process batch size of the DataModule")
+        global_batch = per_process * trainer.world_size * trainer.accumulate_grad_batches
         return o.lr * global_batch / o.reference_batch
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.recipe.optim
+        o = self.optim
         lr = self.effective_lr()
         offset_out = list(self.model.offset_final_layer.parameters())
         ids = {id(p) for p in offset_out}
@@ -363,14 +357,14 @@ def load_checkpoint(
         raise ValueError(f"{path} is not a dekr training checkpoint (no recipe inside)") from None
     if overrides:
         recipe = OmegaConf.to_container(recipe_from_dict(recipe, list(overrides)), resolve=True)
-    module = DekrModule(recipe)
+    module = DekrModule.from_recipe(recipe)
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch: another keypoint count or backbone width
         lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
         raise ValueError(
             f"{path}: checkpoint weights do not fit the model of its recipe (keypoints "
-            f"{module.spec.num_keypoints}, backbone {module.recipe.model.backbone}"
+            f"{module.spec.num_keypoints}, backbone {recipe['model']['backbone']}"
             f"{', after overrides ' + ' '.join(overrides) if overrides else ''}): "
             f"{(lines or [str(err).splitlines()[0]])[0]}"
         ) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,8 +20,9 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import Dataset, Subset
 
+from dekr.binding import section_kwargs, target_kwargs, trainer_kwargs
 from dekr.callbacks import RNGStateCallback
-from dekr.config import RecipeError, import_target, recipe_from_dict, target_kwargs
+from dekr.config import RecipeError, import_target, recipe_from_dict
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
 from dekr.data.robust import SkipBadImages
@@ -88,11 +90,7 @@ class RecipeDataModule(DekrDataModule):
         d, t = recipe.data, recipe.targets
         targets = target_kwargs(recipe)
         super().__init__(
-            batch_size=d.batch_size,
-            val_batch_size=d.val_batch_size,
-            num_workers=d.num_workers,
-            pin_memory=d.pin_memory,
-            persistent_workers=d.persistent_workers,
+            **section_kwargs(recipe, "data"),
             targets_on_device=t.on_device,
             target_kwargs=targets,
         )
@@ -106,30 +104,14 @@ class RecipeDataModule(DekrDataModule):
             target_kwargs=targets,
             flip_prob=a.flip_prob,
             seed=recipe.seed,
-            augment_kwargs=dict(
-                min_scale=a.min_scale,
-                max_scale=a.max_scale,
-                max_rotation=a.max_rotation,
-                max_translate=a.max_translate,
-            ),
+            augment_kwargs=section_kwargs(recipe, "augment"),
         )
 
     def _synthetic(self) -> dict[str, Path]:
         from dekr.data.synthetic import ensure_synthetic_splits
 
-        s = self.recipe.data.synthetic
         return ensure_synthetic_splits(
-            s.root,
-            spec=self.spec,
-            train_images=s.train_images,
-            val_images=s.val_images,
-            size=s.image_size,
-            seed=s.seed,
-            max_people=s.max_people,
-            min_height=s.min_height,
-            max_height=s.max_height,
-            occluder_prob=s.occluder_prob,
-            crowd_prob=s.crowd_prob,
+            spec=self.spec, **section_kwargs(self.recipe, "data.synthetic")
         )
 
     def prepare_data(self) -> None:
@@ -186,7 +168,7 @@ def build_datamodule(
 
 def build_module(recipe: DictConfig) -> DekrModule:
     """The LightningModule with the recipe's initial weights (ImageNet backbone / DEKR weights)."""
-    module = DekrModule(OmegaConf.to_container(recipe, resolve=True))
+    module = DekrModule.from_recipe(recipe)
     if recipe.model.weights:
         load_official_dekr(module.model, recipe.model.weights)
     elif recipe.model.pretrained:
@@ -194,7 +176,11 @@ def build_module(recipe: DictConfig) -> DekrModule:
     return module
 
 
-def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trainer:
+def build_trainer(
+    recipe: DictConfig, output_dir: Path, extra_callbacks: Sequence[Any] = (), **extra: Any
+) -> pl.Trainer:
+    """The recipe's Trainer (settings bound by :func:`dekr.binding.trainer_kwargs`), with the
+    run's checkpoints, loggers and progress bar, and ``extra_callbacks`` after them."""
     t = recipe.trainer
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -235,27 +221,11 @@ def build_trainer(recipe: DictConfig, output_dir: Path, **extra: Any) -> pl.Trai
         from pytorch_lightning.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(output_dir)))
-    max_time = {"minutes": t.max_time_minutes} if t.max_time_minutes else None
+    kwargs = trainer_kwargs(recipe)
+    kwargs["strategy"] = _strategy(t.strategy, t.process_group_timeout_minutes)
     return pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=_strategy(t.strategy, t.process_group_timeout_minutes),
-        precision=t.precision,
-        sync_batchnorm=t.sync_batchnorm,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        max_epochs=t.max_epochs,
-        max_time=max_time,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        val_check_interval=t.val_check_interval,
-        log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        deterministic=t.deterministic,
-        benchmark=t.benchmark,
-        num_sanity_val_steps=t.num_sanity_val_steps,
-        callbacks=callbacks,
+        **kwargs,
+        callbacks=callbacks + list(extra_callbacks),
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
@@ -301,6 +271,7 @@ def train(
     spec: Optional[KeypointSpec] = None,
     train_dataset: Optional[Dataset] = None,
     val_dataset: Optional[Dataset] = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train from a recipe; returns the final validation metrics and the checkpoint paths.
 
@@ -309,6 +280,7 @@ def train(
         spec: the keypoint set; replaces the recipe's ``keypoints`` (and is saved with it).
         train_dataset, val_dataset: any datasets of raw samples (docs/architecture.md),
             replacing the recipe's data sources.
+        callbacks: extra Lightning callbacks, after the run's own.
 
     Prints the final validation AP as a last line ``AP <value>`` (rank 0).
     """
@@ -321,7 +293,7 @@ def train(
     spec = spec_from_recipe(recipe)
     datamodule = build_datamodule(recipe, spec, train_dataset, val_dataset)
     module = build_module(recipe)
-    trainer = build_trainer(recipe, output_dir)
+    trainer = build_trainer(recipe, output_dir, callbacks)
     ckpt_path = _resume_path(recipe.resume, output_dir)
     if trainer.is_global_zero:
         _save_run_files(recipe, spec, output_dir)

@@ -34,7 +34,7 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
         "data.synthetic.root": str(root),
         "data.synthetic.train_images": 12,
         "data.synthetic.val_images": 4,
-        "data.synthetic.image_size": 96,
+        "data.synthetic.size": 96,
         "data.synthetic.max_people": 3,
         "data.input_size": 64,
         "data.batch_size": 4,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from conformance_ideal import checksums, scale_outputs
 from conftest import TEST_DATA
 
-from dekr.config import decoder_kwargs
+from dekr.binding import decoder_kwargs
 from dekr.decoder import DEKRDecoder, ScaleMaps
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import eval_transform, forward_scale, resize_image
@@ -194,7 +194,7 @@ def result(
         decode = {RECIPE_KEYS[k]: v for k, v in zip(*[iter(golden["runs"][name]["opts"])] * 2)}
         decode["rescore_checkpoint"] = str(rescore_checkpoint)
         network = IdealNetwork(ideal)
-        module = DekrModule({"decode": decode}, model=network)  # type: ignore[arg-type]
+        module = DekrModule.from_recipe({"decode": decode}, model=network)
         d, size = module.recipe.decode, module.recipe.data.input_size
         h, w = image.shape[:2]
         maps = []

@@ -110,7 +110,8 @@ def test_official_targets_in_workers_equal_those_on_device() -> None:
 
 
 def test_recipe_official_reaches_reader_transform_and_device() -> None:
-    from dekr.config import load_recipe, target_kwargs
+    from dekr.binding import target_kwargs
+    from dekr.config import load_recipe
     from dekr.training import build_datamodule
 
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [

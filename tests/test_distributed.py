@@ -18,6 +18,8 @@ from conftest import REPO, tiny_overrides
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 300
+# dekr-train plus a callback printing each rank's weight digest
+TRAIN = [sys.executable, str(REPO / "tests" / "ddp_train.py")]
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -65,7 +67,7 @@ def _single_process_ap(ckpt: Path) -> float:
 @pytest.mark.slow
 def test_ddp_two_processes(synthetic_root: Path, tmp_path: Path) -> None:
     cmd = [
-        str(BIN / "dekr-train"),
+        *TRAIN,
         str(REPO / "recipes" / "quickstart.yaml"),
         *_overrides(synthetic_root, tmp_path, **{"trainer.devices": 2, "trainer.strategy": "ddp"}),
     ]
@@ -76,6 +78,45 @@ def test_ddp_two_processes(synthetic_root: Path, tmp_path: Path) -> None:
     assert _ap(done.stdout) == pytest.approx(
         _single_process_ap(tmp_path / "checkpoints" / "last.ckpt")
     )
+
+
+def _validated(text: str) -> dict[int, list[list[int]]]:
+    out: dict[int, list[list[int]]] = {}
+    for rank, ids in re.findall(r"\[rank (\d+)\] validated images ([0-9,]*)", text):
+        out.setdefault(int(rank), []).append([int(i) for i in ids.split(",") if i])
+    return out
+
+
+@pytest.mark.slow
+def test_uneven_shards_three_ranks_equal_single_process(tmp_path: Path) -> None:
+    """7 validation images on 3 CPU ranks with validation batches of 2 (7 divisible by neither):
+    every image is evaluated exactly once and the gathered AP equals a single-process dekr-eval."""
+    import json
+
+    root = tmp_path / "synthetic"
+    overrides = _overrides(
+        root,
+        tmp_path / "run",
+        **{
+            "data.synthetic.val_images": 7,
+            "data.val_batch_size": 2,
+            "trainer.devices": 3,
+            "trainer.strategy": "ddp",
+        },
+    )
+    done = _run([*TRAIN, str(REPO / "recipes" / "quickstart.yaml"), *overrides])
+    assert done.returncode == 0, done.stderr[-3000:]
+    val = json.loads((root / "annotations" / "val.json").read_text())
+    ids = sorted(img["id"] for img in val["images"])
+    assert len(ids) == 7
+    validated = _validated(done.stdout + done.stderr)
+    assert set(validated) == {0, 1, 2}, validated
+    for rank, runs in validated.items():
+        assert runs and all(run == ids for run in runs), (rank, runs, ids)
+    digests = _digests(done.stdout + done.stderr)
+    assert set(digests) == {0, 1, 2} and len(set(digests.values())) == 1, digests
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert _ap(done.stdout) == pytest.approx(_single_process_ap(ckpt), abs=1e-9)
 
 
 @pytest.mark.slow
@@ -95,7 +136,7 @@ def test_torchrun_two_nodes(synthetic_root: Path, tmp_path: Path) -> None:
             "127.0.0.1",
             "--master_port",
             port,
-            str(BIN / "dekr-train"),
+            str(REPO / "tests" / "ddp_train.py"),
             str(REPO / "recipes" / "quickstart.yaml"),
             *_overrides(
                 synthetic_root,

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from dekr.cli import export_main, predict_main
@@ -39,7 +38,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     overrides = ["model.backbone=hrnet_w8_tiny", "data.input_size=64"]
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
-    module = DekrModule(OmegaConf.to_container(recipe, resolve=True))
+    module = DekrModule.from_recipe(recipe)
     model = module.model
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

@@ -210,7 +210,7 @@ def test_cli_data_errors(case: str, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def _checkpoint(path: Path, recipe: dict[str, Any], weights_recipe: dict[str, Any]) -> Path:
     """A checkpoint holding ``recipe`` and the (random) weights of ``weights_recipe``'s model."""
-    state = DekrModule(weights_recipe).state_dict()
+    state = DekrModule.from_recipe(weights_recipe).state_dict()
     torch.save({"hyper_parameters": {"recipe": recipe}, "state_dict": state}, path)
     return path
 

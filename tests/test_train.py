@@ -25,7 +25,7 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_loads_and_builds(path: Path) -> None:
     recipe = load_recipe(path, ["model.backbone=hrnet_w8_tiny"])
-    module = DekrModule(dict(recipe_from_dict(recipe)))
+    module = DekrModule.from_recipe(recipe)
     k = module.spec.num_keypoints
     heatmaps, offsets = module(torch.zeros(1, 3, 64, 64))
     assert heatmaps.shape == (1, k + 1, 16, 16) and offsets.shape == (1, 2 * k, 16, 16)

@@ -196,7 +196,7 @@ def convert_official(
     backbone = detect_backbone(state, str(source))
     k = detect_num_keypoints(state, str(source))
     cfg = official_recipe(backbone, k, recipe, overrides)
-    module = DekrModule(OmegaConf.to_container(cfg, resolve=True))
+    module = DekrModule.from_recipe(cfg)
     load_official_dekr(module.model, state)
     path = save_checkpoint(module, out)
     yaml = path.with_suffix(".yaml")

@@ -100,7 +100,7 @@ def run_roundtrip(
 
 def recipe_settings(recipe: Any) -> dict[str, Any]:
     """Spec, input size, decoder and target keyword arguments from a loaded recipe."""
-    from dekr.config import decoder_kwargs, target_kwargs
+    from dekr.binding import decoder_kwargs, target_kwargs
     from dekr.module import spec_from_recipe
 
     return {

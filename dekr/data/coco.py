@@ -21,7 +21,8 @@ uint8 (H, W, 3) RGB, ``keypoints`` float32 (N, K, 3), ``areas`` float32 (N,), ``
   map, and the valid mask ignores the heatmap loss outside the original image, so no peak is
   trained on the black border. They are counted in ``num_outside_keypoints`` (keypoints exactly on
   the right/bottom edge, ``x = W``, are common rounding and counted too).
-* Annotations without ``area`` (CrowdPose) get the bbox area, or the keypoint-box area.
+* Areas follow :func:`dekr.evaluation.annotation_area`, the evaluator's rule too: ``area``;
+  where missing (CrowdPose) the bbox w·h; without a bbox the labelled keypoints' box.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from dekr.data.types import RawSample
+from dekr.evaluation import annotation_area
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["COCOKeypoints", "read_image"]
@@ -67,15 +69,6 @@ def _load_coco(path: str) -> COCO:
             f"{path}: not a COCO annotation file (a JSON object with 'images', 'annotations' "
             f"and 'categories' lists expected): {type(err).__name__}: {err}"
         ) from None
-
-
-def _annotation_area(ann: dict[str, Any], kps: np.ndarray) -> float:
-    if "area" in ann:
-        return float(ann["area"])
-    if ann.get("bbox"):
-        return float(ann["bbox"][2] * ann["bbox"][3])
-    lab = kps[kps[:, 2] > 0, :2]
-    return float(np.prod(np.ptp(lab, axis=0))) if len(lab) else 0.0
 
 
 class COCOKeypoints:
@@ -167,7 +160,7 @@ class COCOKeypoints:
                 if crowd or not self.official:
                     continue
             kps_list.append(kps)
-            areas.append(_annotation_area(ann, kps))
+            areas.append(annotation_area(ann))
         k = self.spec.num_keypoints
         dtype = np.float64 if self.official else np.float32
         kps_arr = np.stack(kps_list) if kps_list else np.zeros((0, k, 3), dtype)

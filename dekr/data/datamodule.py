@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dekr.data.transforms import augment_sample, normalize_image
 from dekr.data.types import (
@@ -234,6 +234,18 @@ class DekrDataModule(pl.LightningDataModule):
             shuffle=False,
             collate_fn=collate_eval,
         )
+
+    def val_ground_truth(self) -> Any:
+        """The validation split's full ground truth for COCO AP (a pycocotools ``COCO`` with
+        crowd regions and people without keypoints), or ``None`` when the dataset has no
+        annotation file (the metric then builds it from the samples). Read-only for callers."""
+        dataset = self.val_dataset
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        get = getattr(dataset, "ground_truth", None)
+        if callable(get):
+            return get()
+        return getattr(dataset, "coco", None)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Build the target maps on the device for training batches that carry keypoints."""
