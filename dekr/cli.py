@@ -1,7 +1,9 @@
 """Command-line entry points: ``dekr-train``, ``dekr-eval``, ``dekr-predict``, ``dekr-export``.
 
-Bad input (a recipe key, a missing file, a checkpoint of another K) ends with one line on stderr
-and exit code 2; ``--debug`` shows the traceback instead.
+Bad input (a recipe key, a missing file, a checkpoint of another K: a
+:class:`dekr.errors.UserError`) ends with one line ``error: ...`` on stderr (and a ``hint: ...``
+line where there is one) and exit code 2; ``--debug`` raises it with its traceback instead. Any
+other exception is a bug: its traceback is printed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import argparse
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["train_main", "eval_main", "predict_main", "export_main"]
+from dekr.errors import OutputError, UserError
 
-# OSError covers FileNotFoundError, NotADirectoryError and unreadable image files.
-USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+__all__ = ["train_main", "eval_main", "predict_main", "export_main"]
 
 
 def _one_line(err: BaseException) -> str:
@@ -33,8 +35,10 @@ def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> i
         return fn(args)
     try:
         return fn(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # non-finite loss (DekrModule): the run stopped
         print(f"error: {_one_line(err)}", file=sys.stderr)
@@ -42,6 +46,10 @@ def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> i
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not bad input: show where
+        traceback.print_exc()
+        print("internal error in dekr (traceback above); please report it", file=sys.stderr)
+        return 1
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -82,22 +90,18 @@ def _check_results_path(path: Path, default: bool) -> None:
     if default:
         what = f"results file {path} (next to the checkpoint; choose another with --results)"
     if path.is_dir():
-        raise IsADirectoryError(
-            f"{what} is a folder; give a file path, e.g. {path / 'results.json'}"
-        )
+        raise OutputError(f"{what} is a folder; give a file path, e.g. {path / 'results.json'}")
     folder = path.parent
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
-        raise FileNotFoundError(f"{what}: the folder {folder} {state}")
+        raise OutputError(f"{what}: the folder {folder} {state}")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise PermissionError(
-            f"{what}: the folder {folder} is not writable ({err.strerror})"
-        ) from None
+        raise OutputError(f"{what}: the folder {folder} is not writable ({err.strerror})") from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"{what} exists and is not writable")
+        raise OutputError(f"{what} exists and is not writable")
 
 
 def _eval(args: argparse.Namespace) -> int:

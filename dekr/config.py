@@ -12,12 +12,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from dekr.errors import RecipeError
 
 __all__ = [
     "Recipe",
@@ -28,10 +31,6 @@ __all__ = [
     "target_kwargs",
     "decoder_kwargs",
 ]
-
-
-class RecipeError(ValueError):
-    """A recipe problem, with the dotted key and what was expected."""
 
 
 @dataclass
@@ -218,6 +217,11 @@ def recipe_from_dict(
 ) -> DictConfig:
     """Merge a mapping (or DictConfig) and ``key=value`` overrides into the typed schema."""
     schema = OmegaConf.structured(Recipe)
+    if not isinstance(data, (Mapping, DictConfig)):
+        raise RecipeError(
+            f"{source}: a recipe is a mapping of sections (model, data, ...), "
+            f"got {'a list' if isinstance(data, (list, ListConfig)) else type(data).__name__}"
+        )
     try:
         merged = OmegaConf.merge(schema, data)
         for item in overrides:
@@ -234,12 +238,21 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Load a recipe YAML (safe loader) with dotted ``key=value`` overrides."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise RecipeError(f"recipe path {path} is a folder; give a recipe YAML file")
         raise RecipeError(f"recipe file not found: {path}")
     try:
         data = OmegaConf.load(path)
-    except Exception as err:  # YAML syntax errors
-        raise RecipeError(f"{path}: not a valid YAML recipe: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # YAML syntax errors (with their line and column), bad encodings
+        raise _yaml_error(err, path) from None
     return recipe_from_dict(data, overrides, source=str(path))
+
+
+def _yaml_error(err: Exception, path: Path) -> RecipeError:
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return RecipeError(f"{where}: not a valid YAML recipe: {problem}")
 
 
 def import_target(target: str) -> Any:

@@ -24,6 +24,7 @@ from dekr.config import RecipeError, import_target, recipe_from_dict, target_kwa
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
 from dekr.data.robust import SkipBadImages
+from dekr.errors import DataError, MissingFileError, UserError
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import load_imagenet_backbone, load_official_dekr
 from dekr.module import DekrModule, load_checkpoint, spec_from_recipe
@@ -73,6 +74,38 @@ def _custom_dataset(node: DictConfig, spec: KeypointSpec) -> Dataset:
     if "spec" in inspect.signature(factory).parameters:
         kwargs["spec"] = spec
     return factory(**kwargs)
+
+
+def _coco_dataset(annotations: str, images: str, spec: KeypointSpec, **kwargs: Any) -> Dataset:
+    """The COCO reader on user-given paths; its file and format errors become user errors."""
+    try:
+        return COCOKeypoints(annotations, images, spec, **kwargs)
+    except UserError:
+        raise
+    except FileNotFoundError as err:
+        raise MissingFileError(str(err)) from None
+    except ValueError as err:
+        raise DataError(str(err)) from None
+
+
+class _ReadErrorsNamed(Subset):
+    """The first ``n`` samples of a validation dataset; an image that cannot be read
+    (``OSError``: missing, not decodable) is a :class:`DataError` naming the file. A ``Subset``,
+    so that the evaluator still finds the dataset's COCO ground truth."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        super().__init__(dataset, range(n))
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return super().__getitem__(index)
+        except UserError:
+            raise
+        except OSError as err:
+            raise DataError(str(err)) from None
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        return [self[i] for i in indices]
 
 
 class RecipeDataModule(DekrDataModule):
@@ -156,7 +189,7 @@ class RecipeDataModule(DekrDataModule):
                 )
         else:
             raise RecipeError(f"data.source {d.source!r} unknown; expected coco or synthetic")
-        return COCOKeypoints(
+        return _coco_dataset(
             str(ann),
             str(images),
             self.spec,
@@ -171,7 +204,7 @@ class RecipeDataModule(DekrDataModule):
         if stage in (None, "fit", "validate"):
             val = self._split("val")
             limit = self.recipe.data.max_val_images
-            self.val_dataset = Subset(val, range(min(limit, len(val)))) if limit else val
+            self.val_dataset = _ReadErrorsNamed(val, min(limit, len(val)) if limit else len(val))
 
 
 def build_datamodule(
@@ -285,7 +318,7 @@ def _resume_path(resume: Optional[str], output_dir: Path) -> Optional[str]:
         last = output_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.is_file() else None
     if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+        raise MissingFileError(f"resume checkpoint not found: {resume}")
     return resume
 
 
