@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(recipe), end="")
         return 0
-    train(recipe)
+    train(recipe, overwrite=args.overwrite)
     return 0
 
 
@@ -79,6 +79,13 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in a non-empty output_dir (its recipe, keypoints, checkpoints and "
+        "logs; removed once every check has passed). Without it such a folder is refused unless "
+        "resume=auto continues it. Not stored in the recipe.",
+    )
     return _run(_train, parser.parse_intermixed_args(argv))
 
 

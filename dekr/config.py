@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -156,10 +156,11 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     check_val_every_n_epoch: int = 10
-    val_check_interval: Optional[float] = None
+    # Lightning's meaning: an int counts batches, a float is a fraction (1 = one batch, 1.0 = all)
+    val_check_interval: Optional[Union[int, float]] = None
     log_every_n_steps: int = 50
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
     deterministic: bool = False
     benchmark: bool = True  # cudnn.benchmark, as the official training
     num_sanity_val_steps: int = 0
