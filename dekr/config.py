@@ -38,7 +38,9 @@ class ModelConfig:
     backbone: str = "hrnet_w32"  # a name from dekr.models.hrnet.HRNET_SPECS
     adaptive_impl: str = "auto"  # auto | deform | grid_sample (same weights)
     pretrained: Optional[str] = None  # ImageNet HRNet checkpoint for the backbone (official/timm)
-    weights: Optional[str] = None  # a whole DEKR checkpoint (official layout) to start from
+    weights: Optional[str] = None  # DEKR weights to start from: official .pth or a dekr .ckpt
+    # weights of another keypoint count: load the backbone and K-independent head layers only
+    weights_partial: bool = False
     channels_last: bool = False  # NHWC memory format (measured 1.5x faster training on CPU)
 
 

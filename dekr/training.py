@@ -270,7 +270,15 @@ def build_module(recipe: DictConfig) -> DekrModule:
         module = DekrModule(OmegaConf.to_container(recipe, resolve=True))
     if recipe.model.weights:
         with _naming("model.weights"):
-            load_official_dekr(module.model, recipe.model.weights)
+            fresh = load_official_dekr(
+                module.model, recipe.model.weights, partial=recipe.model.weights_partial
+            )
+        if fresh and is_rank_zero():
+            print(
+                f"model.weights {recipe.model.weights}: another keypoint count, so "
+                f"{', '.join(fresh)} are re-initialised (model.weights_partial=true); the "
+                "backbone, the other head layers and the centre heatmap are loaded"
+            )
     elif recipe.model.pretrained:
         with _naming("model.pretrained"):
             load_imagenet_backbone(module.model, recipe.model.pretrained)

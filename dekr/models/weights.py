@@ -25,6 +25,7 @@ __all__ = [
     "load_imagenet_backbone",
     "CLASSIFICATION_ONLY_PREFIXES",
     "HEAD_PREFIXES",
+    "K_DEPENDENT_PREFIXES",
 ]
 
 # Keys of classification HRNets (official HRNet-Image-Classification and timm ``hrnet_w*``) that
@@ -55,6 +56,15 @@ def _load_failure(err: Exception) -> str:
     if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
         return "the file is empty, truncated or corrupt (not a complete PyTorch checkpoint)"
     return "not a PyTorch checkpoint (corrupt, or another kind of file)"
+
+
+# The layers whose shape or meaning depends on the keypoint count K: the heatmap output conv
+# (K + 1 channels), the offset transition (a group of channels per keypoint) and the per-keypoint
+# offset branches. Everything else (backbone, heatmap transition and head body) fine-tunes.
+K_DEPENDENT_PREFIXES = (
+    "head_heatmap.1.", "transition_offset.", "offset_feature_layers.", "offset_final_layer.",
+)  # fmt: skip
+HEATMAP_OUTPUT = "head_heatmap.1."
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -88,7 +98,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    if state and all(k.startswith("model.") for k in state):  # a dekr (Lightning) checkpoint
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return state
 
 
 def _first(keys: list[str], n: int = 5) -> str:
@@ -104,7 +117,9 @@ def _check(
     if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
         raise CheckpointError(
             f"{source}: the checkpoint predicts K={state[key].shape[0] - 1} keypoints, the model "
-            f"K={own[key].shape[0] - 1}; use the keypoint spec the checkpoint was trained with"
+            f"K={own[key].shape[0] - 1}; use the keypoint spec the checkpoint was trained with",
+            hint="to fine-tune it to this keypoint set, add model.weights_partial=true (the "
+            "backbone and the K-independent head layers load, the rest is re-initialised)",
         )
     # BN ``num_batches_tracked`` counters are absent from checkpoints of old PyTorch versions.
     missing = sorted(k for k in expected_keys - set(state) if not k.endswith("num_batches_tracked"))
@@ -122,12 +137,42 @@ def _check(
         raise CheckpointError(f"{source}: shape mismatch {_first(bad, 3)}")
 
 
-def load_official_dekr(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> None:
-    """Load an official DEKR checkpoint (``pose_dekr_hrnetw32_coco.pth`` layout) strictly."""
+def load_official_dekr(
+    model: nn.Module, source: str | Path | Mapping[str, Tensor], *, partial: bool = False
+) -> list[str]:
+    """Load DEKR weights: an official checkpoint (``pose_dekr_hrnetw32_coco.pth`` layout) or a
+    dekr training checkpoint (``.ckpt``).
+
+    With the model's keypoint count everything loads strictly. With another K, ``partial=True``
+    loads the backbone and the K-independent head layers strictly, keeps the centre channel of
+    the heatmap output, and leaves the K-dependent layers (:data:`K_DEPENDENT_PREFIXES`) as
+    initialised; without it another K is a :class:`~dekr.errors.CheckpointError` naming both.
+
+    Returns:
+        the K-dependent layers left re-initialised (empty for a strict load).
+    """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     name = str(source) if isinstance(source, (str, Path)) else "state dict"
-    _check(model, state, name, set(model.state_dict()))
-    model.load_state_dict(state, strict=False)  # _check above is the strict check
+    own = model.state_dict()
+    theirs_k, own_k = _num_keypoints(state), _num_keypoints(own)
+    if theirs_k == own_k or theirs_k is None or not partial:
+        _check(model, state, name, set(own))
+        model.load_state_dict(state, strict=False)  # _check above is the strict check
+        return []
+    kept = {k: v for k, v in state.items() if not k.startswith(K_DEPENDENT_PREFIXES)}
+    _check(model, kept, name, {k for k in own if not k.startswith(K_DEPENDENT_PREFIXES)})
+    model.load_state_dict(kept, strict=False)
+    with torch.no_grad():  # the centre heatmap (last channel) does not depend on K
+        for suffix in ("weight", "bias"):
+            key = f"{HEATMAP_OUTPUT}{suffix}"
+            if key in state and key in own:
+                own[key][-1].copy_(state[key][-1])
+    return [p.rstrip(".") for p in K_DEPENDENT_PREFIXES]
+
+
+def _num_keypoints(state: Mapping[str, Tensor]) -> int | None:
+    weight = state.get(f"{HEATMAP_OUTPUT}weight")
+    return int(weight.shape[0]) - 1 if isinstance(weight, Tensor) else None
 
 
 def load_imagenet_backbone(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> int:
