@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from dekr.errors import OutputError, UserError
+from dekr.errors import OptionError, OutputError, UserError
 
 __all__ = ["train_main", "eval_main", "predict_main", "export_main"]
 
@@ -215,11 +215,27 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------- dekr-export
+def _check_export_args(out: Path, input_size: int | None) -> None:
+    """``--out`` can become a file and ``--input-size`` fits the network, before any loading."""
+    if input_size is not None and (input_size <= 0 or input_size % 4):
+        raise OptionError(f"--input-size {input_size}: expected a positive multiple of 4")
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; give a file path, e.g. {out / 'model.onnx'}")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out}: the folder {existing} is not writable")
+
+
 def _export(args: argparse.Namespace) -> int:
     from dekr.export import check_format, check_onnx, export_onnx
     from dekr.module import load_checkpoint
 
     check_format(args.format)
+    _check_export_args(args.out, args.input_size)
     module = load_checkpoint(args.checkpoint)
     size = args.input_size or module.recipe.data.input_size
     d = module.recipe.decode

@@ -226,11 +226,11 @@ def recipe_from_dict(
             f"got {'a list' if isinstance(data, (list, ListConfig)) else type(data).__name__}"
         )
     try:
-        merged = OmegaConf.merge(schema, data)
         for item in overrides:
             if "=" not in item:
                 raise RecipeError(f"override {item!r} is not of the form key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        # one merge for all overrides (later ones win): each merge copies the whole recipe
+        merged = OmegaConf.merge(schema, data, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
     check_targets(merged, source)

@@ -503,15 +503,17 @@ def predict_files(
 
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    if scales is not None and (1.0 not in scales or min(scales) <= 0):
+        shown = " ".join(map(str, scales))
+        raise OptionError(f"--scales {shown}: expected scales > 0, one of them 1")
     out = Path(out)
     planned = plan_inputs(inputs, recursive=recursive, out=out)
     ids = _annotation_ids(Path(annotations), planned) if annotations is not None else None
     _check_out(out, planned)
 
+    onnx_model = _onnx_model(Path(onnx)) if onnx is not None else None
     module = load_checkpoint(checkpoint)
-    model: Any = module.model
-    if onnx is not None:
-        model = _onnx_model(Path(onnx))
+    model: Any = module.model if onnx_model is None else onnx_model
     d = module.recipe.decode
     p = _Predictor(
         module,

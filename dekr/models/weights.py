@@ -98,9 +98,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    if state and all(k.startswith("model.") for k in state):  # a dekr (Lightning) checkpoint
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The network's tensors of a dekr (Lightning) checkpoint's ``model.*`` keys; other state
+    dicts unchanged."""
+    if state and all(k.startswith("model.") for k in state):
+        return {k.removeprefix("model."): v for k, v in state.items()}
     return state
 
 
@@ -152,6 +157,7 @@ def load_official_dekr(
         the K-dependent layers left re-initialised (empty for a strict load).
     """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    state = _network_state(state)
     name = str(source) if isinstance(source, (str, Path)) else "state dict"
     own = model.state_dict()
     theirs_k, own_k = _num_keypoints(state), _num_keypoints(own)
