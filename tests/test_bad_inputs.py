@@ -218,6 +218,8 @@ CASES: list[Case] = [
      ["model.pretrained", "official.pth", "pose checkpoint"]),
     ("rescore_missing", "train", lambda w: train(w, f"decode.rescore_checkpoint={w.root}/r.pth"),
      ["decode.rescore_checkpoint", "r.pth"]),
+    ("rescore_not_a_rescorer", "train", lambda w: train(w, f"decode.rescore_checkpoint={w.official}"),
+     ["decode.rescore_checkpoint", "official.pth", "not a rescoring net"]),
     # --- dekr-eval
     ("eval_missing", "eval", lambda w: [str(w.root / "none.ckpt")], ["checkpoint not found", "none.ckpt"]),
     ("eval_text", "eval", lambda w: [str(w.text)], ["notes.txt", "not a PyTorch checkpoint"]),
