@@ -15,6 +15,8 @@ The public API, by stage (each name is documented where it is defined):
   :func:`draw_poses`
 * training system: :class:`DekrModule`, :func:`load_recipe`, :func:`recipe_from_dict`,
   :func:`train`, :func:`evaluate`, :func:`load_checkpoint`, :func:`predict_files`
+* errors (:mod:`dekr.errors`): :class:`DekrError`, :class:`UserError` (bad input) and its
+  subclasses
 
 Heavy submodules are imported on first use, so ``import dekr`` stays fast.
 """
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     )
     from dekr.decoder import DEKRDecoder
     from dekr.drawing import draw_poses
+    from dekr.errors import DekrError, UserError
     from dekr.evaluation import COCOEvaluator
     from dekr.inference import predict_poses
     from dekr.keypoints import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointSpec, get_keypoint_spec
@@ -86,6 +89,8 @@ _EXPORTS = {
     "train": "dekr.training",
     "evaluate": "dekr.training",
     "predict_files": "dekr.predict",
+    "DekrError": "dekr.errors",
+    "UserError": "dekr.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

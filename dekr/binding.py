@@ -89,6 +89,7 @@ BINDINGS: tuple[Binding, ...] = (
         exempt={
             "pretrained": "a file loaded into the built backbone (dekr.models.weights)",
             "weights": "a file loaded into the built network (dekr.models.weights)",
+            "weights_partial": "how model.weights loads: re-initialise layers of another K",
             "channels_last": "the memory format the LightningModule runs the network in",
         },
         given={"num_keypoints": "the recipe's keypoint set"},

@@ -1,7 +1,9 @@
 """Command-line entry points: ``dekr-train``, ``dekr-eval``, ``dekr-predict``, ``dekr-export``.
 
-Bad input (a recipe key, a missing file, a checkpoint of another K) ends with one line on stderr
-and exit code 2; ``--debug`` shows the traceback instead.
+Bad input (a recipe key, a missing file, a checkpoint of another K: a
+:class:`dekr.errors.UserError`) ends with one line ``error: ...`` on stderr (and a ``hint: ...``
+line where there is one) and exit code 2; ``--debug`` raises it with its traceback instead. Any
+other exception is a bug: its traceback is printed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import argparse
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["train_main", "eval_main", "predict_main", "export_main"]
+from dekr.errors import OptionError, OutputError, UserError
 
-# OSError covers FileNotFoundError, NotADirectoryError and unreadable image files.
-USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+__all__ = ["train_main", "eval_main", "predict_main", "export_main"]
 
 
 def _one_line(err: BaseException) -> str:
@@ -33,8 +35,10 @@ def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> i
         return fn(args)
     try:
         return fn(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # non-finite loss (DekrModule): the run stopped
         print(f"error: {_one_line(err)}", file=sys.stderr)
@@ -42,6 +46,10 @@ def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> i
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not bad input: show where
+        traceback.print_exc()
+        print("internal error in dekr (traceback above); please report it", file=sys.stderr)
+        return 1
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -61,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(recipe), end="")
         return 0
-    train(recipe)
+    train(recipe, overwrite=args.overwrite)
     return 0
 
 
@@ -71,6 +79,13 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in a non-empty output_dir (its recipe, keypoints, checkpoints and "
+        "logs; removed once every check has passed). Without it such a folder is refused unless "
+        "resume=auto continues it. Not stored in the recipe.",
+    )
     return _run(_train, parser.parse_intermixed_args(argv))
 
 
@@ -82,22 +97,18 @@ def _check_results_path(path: Path, default: bool) -> None:
     if default:
         what = f"results file {path} (next to the checkpoint; choose another with --results)"
     if path.is_dir():
-        raise IsADirectoryError(
-            f"{what} is a folder; give a file path, e.g. {path / 'results.json'}"
-        )
+        raise OutputError(f"{what} is a folder; give a file path, e.g. {path / 'results.json'}")
     folder = path.parent
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
-        raise FileNotFoundError(f"{what}: the folder {folder} {state}")
+        raise OutputError(f"{what}: the folder {folder} {state}")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise PermissionError(
-            f"{what}: the folder {folder} is not writable ({err.strerror})"
-        ) from None
+        raise OutputError(f"{what}: the folder {folder} is not writable ({err.strerror})") from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"{what} exists and is not writable")
+        raise OutputError(f"{what} exists and is not writable")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -204,11 +215,27 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------- dekr-export
+def _check_export_args(out: Path, input_size: int | None) -> None:
+    """``--out`` can become a file and ``--input-size`` fits the network, before any loading."""
+    if input_size is not None and (input_size <= 0 or input_size % 4):
+        raise OptionError(f"--input-size {input_size}: expected a positive multiple of 4")
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; give a file path, e.g. {out / 'model.onnx'}")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out}: the folder {existing} is not writable")
+
+
 def _export(args: argparse.Namespace) -> int:
     from dekr.export import check_format, check_onnx, export_onnx
     from dekr.module import load_checkpoint
 
     check_format(args.format)
+    _check_export_args(args.out, args.input_size)
     module = load_checkpoint(args.checkpoint)
     size = args.input_size or module.recipe.data.input_size
     d = module.recipe.decode

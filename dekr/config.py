@@ -12,12 +12,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from dekr.errors import RecipeError
 
 __all__ = [
     "Recipe",
@@ -28,16 +31,14 @@ __all__ = [
 ]
 
 
-class RecipeError(ValueError):
-    """A recipe problem, with the dotted key and what was expected."""
-
-
 @dataclass
 class ModelConfig:
     backbone: str = "hrnet_w32"  # a name from dekr.models.hrnet.HRNET_SPECS
     adaptive_impl: str = "auto"  # auto | deform | grid_sample (same weights)
     pretrained: Optional[str] = None  # ImageNet HRNet checkpoint for the backbone (official/timm)
-    weights: Optional[str] = None  # a whole DEKR checkpoint (official layout) to start from
+    weights: Optional[str] = None  # DEKR weights to start from: official .pth or a dekr .ckpt
+    # weights of another keypoint count: load the backbone and K-independent head layers only
+    weights_partial: bool = False
     channels_last: bool = False  # NHWC memory format (measured 1.5x faster training on CPU)
 
 
@@ -174,10 +175,11 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     check_val_every_n_epoch: int = 10
-    val_check_interval: Optional[float] = None
+    # Lightning's meaning: an int counts batches, a float is a fraction (1 = one batch, 1.0 = all)
+    val_check_interval: Optional[Union[int, float]] = None
     log_every_n_steps: int = 50
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
     deterministic: bool = False
     benchmark: bool = True  # cudnn.benchmark, as the official training
     num_sanity_val_steps: int = 0
@@ -241,12 +243,17 @@ def recipe_from_dict(
 ) -> DictConfig:
     """Merge a mapping (or DictConfig) and ``key=value`` overrides into the typed schema."""
     schema = OmegaConf.structured(Recipe)
+    if not isinstance(data, (Mapping, DictConfig)):
+        raise RecipeError(
+            f"{source}: a recipe is a mapping of sections (model, data, ...), "
+            f"got {'a list' if isinstance(data, (list, ListConfig)) else type(data).__name__}"
+        )
     try:
-        merged = OmegaConf.merge(schema, data)
         for item in overrides:
             if "=" not in item:
                 raise RecipeError(f"override {item!r} is not of the form key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        # one merge for all overrides (later ones win): each merge copies the whole recipe
+        merged = OmegaConf.merge(schema, data, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
     check_targets(merged, source)
@@ -257,12 +264,21 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Load a recipe YAML (safe loader) with dotted ``key=value`` overrides."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise RecipeError(f"recipe path {path} is a folder; give a recipe YAML file")
         raise RecipeError(f"recipe file not found: {path}")
     try:
         data = OmegaConf.load(path)
-    except Exception as err:  # YAML syntax errors
-        raise RecipeError(f"{path}: not a valid YAML recipe: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # YAML syntax errors (with their line and column), bad encodings
+        raise _yaml_error(err, path) from None
     return recipe_from_dict(data, overrides, source=str(path))
+
+
+def _yaml_error(err: Exception, path: Path) -> RecipeError:
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return RecipeError(f"{where}: not a valid YAML recipe: {problem}")
 
 
 def import_target(target: str) -> Any:

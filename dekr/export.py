@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dekr.decoder import sample_heat_values
+from dekr.errors import CheckpointError, MissingDependencyError, OptionError
 from dekr.maps import pool_kernel_for, suppress_non_maxima
 from dekr.models import adaptive
 
@@ -44,7 +45,7 @@ DEFAULT_OPSET = 17  # GridSample needs >= 16; 17 is well supported by onnxruntim
 def check_format(name: str) -> str:
     """Validate an export format name (``--format``); returns it lower-cased."""
     if name.lower() not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {name!r}; expected one of {EXPORT_FORMATS}")
+        raise OptionError(f"unknown export format {name!r}; expected one of {EXPORT_FORMATS}")
     return name.lower()
 
 
@@ -54,7 +55,7 @@ def _require_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"ONNX export needs onnx and onnxruntime ({err}); install them with "
             "`pip install dekr[export]`"
         ) from None
@@ -170,7 +171,7 @@ def export_onnx(
     """
     onnx, _ = _require_onnx()
     if opset < 16:
-        raise ValueError(f"opset {opset} has no GridSample; use opset >= 16")
+        raise OptionError(f"opset {opset} has no GridSample; use opset >= 16")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = (int(s) for s in input_size)
@@ -230,12 +231,18 @@ class _ONNXSession:
         _, ort = _require_onnx()
         self.path = Path(path)
         options = ort.SessionOptions()
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...)
+            if not type(err).__module__.startswith("onnxruntime"):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"{self.path}: onnxruntime cannot load it: {first}") from None
         names = tuple(o.name for o in self.session.get_outputs())
         if names != self.outputs:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self.path} has outputs {names}, {type(self).__name__} expects {self.outputs}; "
                 f"use {'ONNXPoseDetector' if 'poses' in names else 'ONNXPoseModel'}"
             )

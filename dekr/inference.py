@@ -39,6 +39,7 @@ from torch import Tensor
 from dekr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dekr.data.types import Size
 from dekr.decoder import DEKRDecoder, ScaleMaps
+from dekr.errors import OptionError
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["EvalTransform", "eval_transform", "resize_image", "predict_poses", "forward_scale"]
@@ -230,7 +231,7 @@ def predict_poses(
         one dict per image: ``keypoints`` (N, K, 3) float32 (x, y, score), ``scores`` (N,).
     """
     if 1.0 not in scales:
-        raise ValueError(f"scales {tuple(scales)} must contain 1.0 (the reference scale)")
+        raise OptionError(f"scales {tuple(scales)} must contain 1.0 (the reference scale)")
     decoder = decoder or DEKRDecoder(spec, stride=stride)
     device = torch.device(device) if device is not None else torch.device("cpu")
     base = [eval_transform(im.shape[0], im.shape[1], input_size, 1.0) for im in images]

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dekr.errors import SpecError
+
 __all__ = ["KeypointSpec", "COCO_KEYPOINTS", "CROWDPOSE_KEYPOINTS", "get_keypoint_spec"]
 
 
@@ -63,44 +65,42 @@ class KeypointSpec:
     def _validate(self) -> None:
         k = len(self.names)
         if k == 0:
-            raise ValueError(
-                f"KeypointSpec '{self.name}': 'names' is empty; expected >= 1 keypoint"
-            )
+            raise SpecError(f"KeypointSpec '{self.name}': 'names' is empty; expected >= 1 keypoint")
         if len(set(self.names)) != k:
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise ValueError(f"KeypointSpec '{self.name}': duplicate keypoint names {dup}")
+            raise SpecError(f"KeypointSpec '{self.name}': duplicate keypoint names {dup}")
         if len(self.sigmas) != k:
-            raise ValueError(
+            raise SpecError(
                 f"KeypointSpec '{self.name}': {len(self.sigmas)} sigmas for {k} keypoints; "
                 "expected one OKS sigma per keypoint"
             )
         if any(not (s > 0) for s in self.sigmas):
-            raise ValueError(f"KeypointSpec '{self.name}': sigmas must be > 0, got {self.sigmas}")
+            raise SpecError(f"KeypointSpec '{self.name}': sigmas must be > 0, got {self.sigmas}")
         known = set(self.names)
         seen: set[str] = set()
         for field_name, pairs in (("flip_pairs", self.flip_pairs), ("skeleton", self.skeleton)):
             for a, b in pairs:
                 for n in (a, b):
                     if n not in known:
-                        raise ValueError(
+                        raise SpecError(
                             f"KeypointSpec '{self.name}': {field_name} entry ({a!r}, {b!r}) names "
                             f"unknown keypoint {n!r}; known keypoints: {list(self.names)}"
                         )
                 if field_name == "flip_pairs":
                     if a == b or a in seen or b in seen:
-                        raise ValueError(
+                        raise SpecError(
                             f"KeypointSpec '{self.name}': flip pair ({a!r}, {b!r}) repeats a "
                             "keypoint; each keypoint may appear in at most one pair"
                         )
                     seen.update((a, b))
         if len(self.colors) != len(self.skeleton):
-            raise ValueError(
+            raise SpecError(
                 f"KeypointSpec '{self.name}': {len(self.colors)} colors for "
                 f"{len(self.skeleton)} limbs; expected one colour per skeleton limb"
             )
         for i in self.rescore_scale_limbs:
             if not 0 <= i < len(self.skeleton):
-                raise ValueError(
+                raise SpecError(
                     f"KeypointSpec '{self.name}': rescore_scale_limbs index {i} is outside the "
                     f"skeleton (0..{len(self.skeleton) - 1})"
                 )
@@ -164,12 +164,12 @@ class KeypointSpec:
         }
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ValueError(
+            raise SpecError(
                 f"KeypointSpec: unknown keys {unknown}; expected some of {sorted(allowed)}"
             )
         for key in ("names", "sigmas"):
             if key not in data:
-                raise ValueError(f"KeypointSpec: missing required key {key!r}")
+                raise SpecError(f"KeypointSpec: missing required key {key!r}")
         return cls(
             names=tuple(data["names"]),
             sigmas=tuple(data["sigmas"]),
@@ -280,7 +280,7 @@ def get_keypoint_spec(name_or_dict: str | Mapping[str, Any] | KeypointSpec) -> K
         try:
             return _BUILTIN[name_or_dict]
         except KeyError:
-            raise ValueError(
+            raise SpecError(
                 f"unknown keypoint spec {name_or_dict!r}; built-ins are {sorted(_BUILTIN)}, "
                 "or give the spec inline (names, sigmas, flip_pairs, skeleton)"
             ) from None

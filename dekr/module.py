@@ -28,12 +28,14 @@ from torch import Tensor
 from dekr.binding import decoder_kwargs, section_kwargs
 from dekr.config import OptimConfig, recipe_from_dict
 from dekr.decoder import DEKRDecoder
+from dekr.errors import CheckpointError
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import predict_poses
 from dekr.keypoints import KeypointSpec, get_keypoint_spec
 from dekr.loss import DEKRLoss
 from dekr.metric import KeypointAP
 from dekr.models.dekr import DEKR, build_model
+from dekr.models.weights import read_checkpoint
 from dekr.rescore import Rescorer
 
 __all__ = ["DekrModule", "InferenceSettings", "load_checkpoint", "spec_from_recipe", "lr_factor"]
@@ -343,18 +345,15 @@ def load_checkpoint(
     Uses ``torch.load(weights_only=True)``: a checkpoint can never run code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from err
+    ckpt = read_checkpoint(path, map_location)  # MissingFileError, CheckpointError
     try:
         recipe = ckpt["hyper_parameters"]["recipe"]
         state = ckpt["state_dict"]
     except (KeyError, TypeError):
-        raise ValueError(f"{path} is not a dekr training checkpoint (no recipe inside)") from None
+        raise CheckpointError(
+            f"{path} is not a dekr training checkpoint (no recipe inside)",
+            hint="an official DEKR or other bare state dict starts a run: model.weights=PATH",
+        ) from None
     if overrides:
         recipe = OmegaConf.to_container(recipe_from_dict(recipe, list(overrides)), resolve=True)
     module = DekrModule.from_recipe(recipe)
@@ -362,14 +361,14 @@ def load_checkpoint(
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch: another keypoint count or backbone width
         lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint weights do not fit the model of its recipe (keypoints "
             f"{module.spec.num_keypoints}, backbone {recipe['model']['backbone']}"
             f"{', after overrides ' + ' '.join(overrides) if overrides else ''}): "
             f"{(lines or [str(err).splitlines()[0]])[0]}"
         ) from None
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint does not match its recipe's model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )

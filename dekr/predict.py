@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from dekr.drawing import draw_poses
+from dekr.errors import DataError, MissingFileError, OptionError, OutputError
 from dekr.module import DekrModule, load_checkpoint
 
 __all__ = [
@@ -91,7 +92,7 @@ def _listing(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Pat
         hint = ""
         if not recursive and any(p.is_dir() for p in folder.iterdir()):
             hint = " (its subfolders are searched with --recursive)"
-        raise FileNotFoundError(f"no images or videos in folder {folder}{hint}")
+        raise MissingFileError(f"no images or videos in folder {folder}{hint}")
     return files
 
 
@@ -139,7 +140,7 @@ def plan_inputs(
             bases.append(os.path.abspath(item))
         elif item.is_file():
             if not _is_media(item):
-                raise ValueError(
+                raise DataError(
                     f"{item}: unsupported file type {item.suffix!r}; expected an "
                     f"image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a video "
                     f"({', '.join(sorted(VIDEO_SUFFIXES))})"
@@ -147,9 +148,9 @@ def plan_inputs(
             found.append(item)
             bases.append(os.path.dirname(os.path.abspath(item)))
         else:
-            raise FileNotFoundError(f"input not found: {item}")
+            raise MissingFileError(f"input not found: {item}")
     if not found:
-        raise ValueError("no inputs given")
+        raise OptionError("no inputs given")
     root = os.path.commonpath(bases)
     seen: set[str] = set()
     files: list[tuple[Path, PurePosixPath, bool]] = []
@@ -175,38 +176,38 @@ def collect_inputs(inputs: Iterable[Union[str, Path]], *, recursive: bool = Fals
 def _check_out(out: Path, planned: list[PlannedInput]) -> None:
     """``out`` is (or can be made) a writable folder and no overlay overwrites an input."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output folder {out} is an existing file, not a folder")
+        raise OutputError(f"output folder {out} is an existing file, not a folder")
     sources = {item.path.resolve(): item.path for item in planned}
     for item in planned:
         target = (out / item.overlay).resolve()
         if target in sources:
-            raise ValueError(
+            raise OutputError(
                 f"the overlay of {item.path} would overwrite the input {sources[target]}: "
                 "choose an output folder outside the inputs"
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OSError(f"cannot create output folder {out}: {err.strerror or err}") from None
+        raise OutputError(f"cannot create output folder {out}: {err.strerror or err}") from None
     try:
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as err:
-        raise OSError(f"output folder {out} is not writable: {err.strerror or err}") from None
+        raise OutputError(f"output folder {out} is not writable: {err.strerror or err}") from None
 
 
 def _annotation_images(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON (truncated or malformed?): {err}") from None
+        raise DataError(f"{path}: not valid JSON (truncated or malformed?): {err}") from None
     images = doc.get("images") if isinstance(doc, dict) else None
     if not isinstance(images, list) or not all(
         isinstance(im, dict) and "id" in im and "file_name" in im for im in images
     ):
-        raise ValueError(
+        raise DataError(
             f"{path}: not a COCO annotation file (an 'images' list of objects with 'id' and "
             "'file_name' expected)"
         )
@@ -226,14 +227,14 @@ def _annotation_ids(path: Path, planned: list[PlannedInput]) -> list[int]:
     missing: list[str] = []
     for item in planned:
         if item.video:
-            raise ValueError(f"{item.path} is a video; --annotations matches images only")
+            raise OptionError(f"{item.path} is a video; --annotations matches images only")
         candidates = by_name.get(item.rel.name, [])
         if str(item.rel) in by_path:
             ids.append(by_path[str(item.rel)])
         elif len(candidates) == 1:
             ids.append(candidates[0])
         elif candidates:
-            raise ValueError(
+            raise DataError(
                 f"{item.path}: {len(candidates)} images of {path} are named "
                 f"{item.rel.name!r} and none has the file_name {str(item.rel)!r}"
             )
@@ -241,14 +242,14 @@ def _annotation_ids(path: Path, planned: list[PlannedInput]) -> list[int]:
             missing.append(str(item.path))
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise ValueError(
+        raise DataError(
             f"{len(missing)} of {len(planned)} inputs are not images of {path} "
             f"(matched by file_name): {shown}"
         )
     owner: dict[int, Path] = {}
     for item, image_id in zip(planned, ids):
         if image_id in owner:
-            raise ValueError(
+            raise DataError(
                 f"{owner[image_id]} and {item.path} are both image id {image_id} of {path}"
             )
         owner[image_id] = item.path
@@ -259,7 +260,7 @@ def _annotation_ids(path: Path, planned: list[PlannedInput]) -> list[int]:
 def _read_image(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read image {path} (corrupt or not an image)")
+        raise DataError(f"cannot read image {path} (corrupt or not an image)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -329,7 +330,7 @@ class _Run:
 
     def skip(self, item: PlannedInput, err: Exception) -> None:
         if self.strict:
-            raise ValueError(f"{err}; --strict stops at the first unreadable input") from None
+            raise DataError(f"{err}; --strict stops at the first unreadable input") from None
         from tqdm import tqdm
 
         tqdm.write(f"warning: skipped: {err}", file=sys.stderr)
@@ -365,7 +366,7 @@ class _Run:
     def add_image(self, index: int, item: PlannedInput) -> None:
         try:
             image = _read_image(item.path)
-        except ValueError as err:
+        except DataError as err:
             self.skip(item, err)
             return
         self.pending.append((item, image, self.take_id(index)))
@@ -381,7 +382,7 @@ class _Run:
             target = self.out / item.overlay
             target.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(target), self.p.overlay(image, pred)):
-                raise OSError(f"cannot write overlay {target}")
+                raise OutputError(f"cannot write overlay {target}")
             self.record(item, image, image_id, pred)
         self.pending = []
 
@@ -392,7 +393,7 @@ class _Run:
             ok, frame = cap.read()
             if not ok:
                 reason = f"cannot read video {item.path} (corrupt, empty or unsupported codec)"
-                self.skip(item, ValueError(reason))
+                self.skip(item, DataError(reason))
                 return
             fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
             target = self.out / item.overlay
@@ -401,7 +402,7 @@ class _Run:
             h, w = frame.shape[:2]
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             if not writer.isOpened():
-                raise OSError(f"cannot write video overlay {tmp} (no mp4v encoder in OpenCV?)")
+                raise OutputError(f"cannot write video overlay {tmp} (no mp4v encoder in OpenCV?)")
             try:
                 index, batch = 0, []
                 while ok:
@@ -425,13 +426,13 @@ def _onnx_model(path: Path) -> Any:
     from dekr.export import ONNXPoseModel
 
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
+        raise MissingFileError(f"ONNX file not found: {path}")
     try:
         model = ONNXPoseModel(path)
     except ValueError as err:
         if "poses" not in str(err):
             raise
-        raise ValueError(
+        raise OptionError(
             f"{path} has the decoder in the graph (--with-decoder); dekr-predict --onnx needs "
             "an export without it (flip test, scales and pose NMS run in Python)"
         ) from None
@@ -454,7 +455,7 @@ class _FixedSizeONNX:
 
         h, w = images.shape[-2:]
         if (h, w) != self.size:
-            raise ValueError(
+            raise OptionError(
                 f"{self.model.path} was exported for a fixed {self.size[0]}x{self.size[1]} "
                 f"input, this image needs {h}x{w}: export with --dynamic for dekr-predict"
             )
@@ -501,16 +502,18 @@ def predict_files(
     from tqdm import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    if scales is not None and (1.0 not in scales or min(scales) <= 0):
+        shown = " ".join(map(str, scales))
+        raise OptionError(f"--scales {shown}: expected scales > 0, one of them 1")
     out = Path(out)
     planned = plan_inputs(inputs, recursive=recursive, out=out)
     ids = _annotation_ids(Path(annotations), planned) if annotations is not None else None
     _check_out(out, planned)
 
+    onnx_model = _onnx_model(Path(onnx)) if onnx is not None else None
     module = load_checkpoint(checkpoint)
-    model: Any = module.model
-    if onnx is not None:
-        model = _onnx_model(Path(onnx))
+    model: Any = module.model if onnx_model is None else onnx_model
     d = module.recipe.decode
     p = _Predictor(
         module,
@@ -530,7 +533,7 @@ def predict_files(
             run.add_image(index, item)
     run.flush()
     if not run.images:
-        raise ValueError(
+        raise DataError(
             f"none of the {len(planned)} inputs could be read (first: {run.skipped[0]['error']})"
         )
     if run.skipped:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dekr.errors import CheckpointError
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import read_state_dict
 
@@ -74,7 +75,14 @@ class Rescorer:
         """From a state dict file (official ``final_rescore_*.pth`` or :func:`fit_rescore_net`)."""
         state = read_state_dict(path)  # safe load, clear errors, ``module.`` stripped
         net = RescoreNet.from_spec(spec, hidden)
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:  # another K or not a rescoring net
+            lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+            raise CheckpointError(
+                f"{path}: not a rescoring net for {spec.num_keypoints} keypoints "
+                f"({(lines or [str(err)])[0]})"
+            ) from None
         return cls(net, spec)
 
     @torch.no_grad()

@@ -6,9 +6,10 @@ Every process count, device and precision setting is handed to Lightning unchang
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -18,17 +19,36 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch.utils.data import Dataset, Subset
 
 from dekr.binding import section_kwargs, target_kwargs, trainer_kwargs
 from dekr.callbacks import RNGStateCallback
-from dekr.config import RecipeError, import_target, recipe_from_dict
+from dekr.config import import_target, recipe_from_dict
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
 from dekr.data.robust import SkipBadImages
+from dekr.errors import (
+    CheckpointError,
+    DataError,
+    MissingFileError,
+    OptionError,
+    RecipeError,
+    SpecError,
+    UserError,
+)
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import load_imagenet_backbone, load_official_dekr
 from dekr.module import DekrModule, load_checkpoint, spec_from_recipe
+from dekr.preflight import (
+    check_output_dir,
+    check_resume,
+    check_steps,
+    check_values,
+    clear_run,
+    count_processes,
+    is_rank_zero,
+)
 
 __all__ = [
     "train",
@@ -77,6 +97,38 @@ def _custom_dataset(node: DictConfig, spec: KeypointSpec) -> Dataset:
     return factory(**kwargs)
 
 
+def _coco_dataset(annotations: str, images: str, spec: KeypointSpec, **kwargs: Any) -> Dataset:
+    """The COCO reader on user-given paths; its file and format errors become user errors."""
+    try:
+        return COCOKeypoints(annotations, images, spec, **kwargs)
+    except UserError:
+        raise
+    except FileNotFoundError as err:
+        raise MissingFileError(str(err)) from None
+    except ValueError as err:
+        raise DataError(str(err)) from None
+
+
+class _ReadErrorsNamed(Subset):
+    """The first ``n`` samples of a validation dataset; an image that cannot be read
+    (``OSError``: missing, not decodable) is a :class:`DataError` naming the file. A ``Subset``,
+    so that the evaluator still finds the dataset's COCO ground truth."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        super().__init__(dataset, range(n))
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return super().__getitem__(index)
+        except UserError:
+            raise
+        except OSError as err:
+            raise DataError(str(err)) from None
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        return [self[i] for i in indices]
+
+
 class RecipeDataModule(DekrDataModule):
     """The DataModule a recipe describes; synthetic data is generated once, in ``prepare_data``."""
 
@@ -96,6 +148,7 @@ class RecipeDataModule(DekrDataModule):
         )
         self.recipe, self.spec = recipe, spec
         self.given = {"train": train_dataset, "val": val_dataset}  # raw-sample datasets
+        self.passed = {split: ds is not None for split, ds in self.given.items()}
         a = recipe.augment
         self.transform = TrainSampleTransform(
             spec,
@@ -119,6 +172,32 @@ class RecipeDataModule(DekrDataModule):
         if needed and self.recipe.data.source == "synthetic":
             self._synthetic()
 
+    def load_datasets(self, splits: tuple[str, ...] = ("train", "val")) -> int:
+        """Read the datasets now, so that their errors (annotation files, image folders, an
+        empty split) come before a run starts, and keep them for ``setup``; returns the number
+        of images of the first split."""
+        if self.recipe.data.source == "synthetic" and any(self.given[s] is None for s in splits):
+            self._synthetic()
+        for split in splits:
+            if self.given[split] is None:
+                self.given[split] = self._split(split)
+            if len(self.given[split]) == 0:  # type: ignore[arg-type]
+                raise DataError(f"the {split} data has no images ({self._describe(split)})")
+        return len(self.given[splits[0]])  # type: ignore[arg-type]
+
+    def _describe(self, split: str) -> str:
+        d = self.recipe.data
+        if self.passed[split]:
+            return f"the {split}_dataset given to train()"
+        if d.get(f"{split}_dataset") is not None:
+            return f"data.{split}_dataset"
+        if d.source == "synthetic":
+            return f"data.synthetic.{split}_images={d.synthetic.get(f'{split}_images')}"
+        text = f"data.{split}_annotations={d.get(f'{split}_annotations')}"
+        if split == "train" and d.drop_images_without_annotations:
+            text += "; images without people are left out (data.drop_images_without_annotations)"
+        return text
+
     def _split(self, split: str) -> Dataset:
         d = self.recipe.data
         if self.given[split] is not None:
@@ -138,7 +217,7 @@ class RecipeDataModule(DekrDataModule):
                 )
         else:
             raise RecipeError(f"data.source {d.source!r} unknown; expected coco or synthetic")
-        return COCOKeypoints(
+        return _coco_dataset(
             str(ann),
             str(images),
             self.spec,
@@ -153,7 +232,7 @@ class RecipeDataModule(DekrDataModule):
         if stage in (None, "fit", "validate"):
             val = self._split("val")
             limit = self.recipe.data.max_val_images
-            self.val_dataset = Subset(val, range(min(limit, len(val)))) if limit else val
+            self.val_dataset = _ReadErrorsNamed(val, min(limit, len(val)) if limit else len(val))
 
 
 def build_datamodule(
@@ -168,12 +247,32 @@ def build_datamodule(
 
 def build_module(recipe: DictConfig) -> DekrModule:
     """The LightningModule with the recipe's initial weights (ImageNet backbone / DEKR weights)."""
-    module = DekrModule.from_recipe(recipe)
+    with _naming("decode.rescore_checkpoint"):
+        module = DekrModule.from_recipe(recipe)
     if recipe.model.weights:
-        load_official_dekr(module.model, recipe.model.weights)
+        with _naming("model.weights"):
+            fresh = load_official_dekr(
+                module.model, recipe.model.weights, partial=recipe.model.weights_partial
+            )
+        if fresh and is_rank_zero():
+            print(
+                f"model.weights {recipe.model.weights}: another keypoint count, so "
+                f"{', '.join(fresh)} are re-initialised (model.weights_partial=true); the "
+                "backbone, the other head layers and the centre heatmap are loaded"
+            )
     elif recipe.model.pretrained:
-        load_imagenet_backbone(module.model, recipe.model.pretrained)
+        with _naming("model.pretrained"):
+            load_imagenet_backbone(module.model, recipe.model.pretrained)
     return module
+
+
+@contextlib.contextmanager
+def _naming(key: str) -> Iterator[None]:
+    """Checkpoint errors inside the block name the recipe key whose file it was."""
+    try:
+        yield
+    except (CheckpointError, MissingFileError) as err:
+        raise type(err)(f"{key}: {err}", hint=err.hint) from None
 
 
 def build_trainer(
@@ -223,14 +322,27 @@ def build_trainer(
         loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(output_dir)))
     kwargs = trainer_kwargs(recipe)
     kwargs["strategy"] = _strategy(t.strategy, t.process_group_timeout_minutes)
-    return pl.Trainer(
-        **kwargs,
-        callbacks=callbacks + list(extra_callbacks),
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(output_dir),
-        **extra,
-    )
+    with _trainer_settings():
+        trainer = pl.Trainer(
+            **kwargs,
+            callbacks=callbacks + list(extra_callbacks),
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(output_dir),
+            **extra,
+        )
+    return trainer
+
+
+@contextlib.contextmanager
+def _trainer_settings() -> Iterator[None]:
+    """Lightning's refusal of a trainer setting (strategy, precision, devices) is a recipe
+    error; it comes before the Trainer prints anything."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError) as err:  # e.g. precision="16" typos
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RecipeError(f"trainer settings: {first}") from None
 
 
 def _strategy(name: str, timeout_minutes: float) -> Any:
@@ -255,7 +367,7 @@ def _resume_path(resume: Optional[str], output_dir: Path) -> Optional[str]:
         last = output_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.is_file() else None
     if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+        raise MissingFileError(f"resume checkpoint not found: {resume}")
     return resume
 
 
@@ -265,6 +377,47 @@ def _save_run_files(recipe: DictConfig, spec: KeypointSpec, output_dir: Path) ->
     (output_dir / "keypoints.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
 
+def _spec(recipe: DictConfig) -> KeypointSpec:
+    try:
+        return spec_from_recipe(recipe)
+    except SpecError as err:
+        raise SpecError(f"keypoints: {err}") from None
+    except (TypeError, ValueError) as err:  # e.g. names: 5 in an inline spec
+        raise SpecError(f"keypoints: not a keypoint spec: {err}") from None
+
+
+def _prepare(
+    recipe: DictConfig,
+    train_dataset: Optional[Dataset],
+    val_dataset: Optional[Dataset],
+    overwrite: bool,
+) -> tuple[KeypointSpec, RecipeDataModule, DekrModule, Optional[str]]:
+    """Every check of a run (dekr/preflight.py), before anything is printed or written."""
+    output_dir = Path(recipe.output_dir)
+    if overwrite and recipe.resume:
+        raise OptionError(
+            f"--overwrite starts the run in {output_dir} anew; it cannot go with "
+            f"resume={recipe.resume}"
+        )
+    d = recipe.data
+    own_data = train_dataset is not None or d.train_dataset is not None
+    own_data = own_data and (val_dataset is not None or d.val_dataset is not None)
+    check_values(recipe, custom_data=own_data)
+    spec = _spec(recipe)
+    processes = count_processes(recipe.trainer)
+    if is_rank_zero():  # other ranks run after rank 0 has written the folder
+        check_output_dir(output_dir, recipe.resume, overwrite=overwrite)
+    datamodule = build_datamodule(recipe, spec, train_dataset, val_dataset)
+    images = datamodule.load_datasets()
+    check_steps(recipe, images, processes)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    module = build_module(recipe)
+    ckpt_path = _resume_path(recipe.resume, output_dir)
+    if ckpt_path is not None:
+        check_resume(Path(ckpt_path), module.state_dict(), recipe.model.backbone)
+    return spec, datamodule, module, ckpt_path
+
+
 def train(
     recipe: Union[DictConfig, dict[str, Any]],
     *,
@@ -272,6 +425,7 @@ def train(
     train_dataset: Optional[Dataset] = None,
     val_dataset: Optional[Dataset] = None,
     callbacks: Sequence[Any] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train from a recipe; returns the final validation metrics and the checkpoint paths.
 
@@ -281,21 +435,25 @@ def train(
         train_dataset, val_dataset: any datasets of raw samples (docs/architecture.md),
             replacing the recipe's data sources.
         callbacks: extra Lightning callbacks, after the run's own.
+        overwrite: replace the run in a non-empty ``output_dir`` (its recipe, keypoints,
+            checkpoints and logs are removed once every check has passed). Without it such a
+            folder is an :class:`~dekr.errors.OutputDirError` unless ``resume`` continues it.
 
-    Prints the final validation AP as a last line ``AP <value>`` (rank 0).
+    Everything is checked first (recipe values, keypoint spec, devices, output folder, data,
+    optimizer steps per epoch, weights and the resume checkpoint: dekr/preflight.py); a failure
+    raises a :class:`~dekr.errors.UserError` before anything is printed or written. Prints the
+    final validation AP as a last line ``AP <value>`` (rank 0).
     """
     recipe = recipe_from_dict(recipe) if not isinstance(recipe, DictConfig) else recipe
     if spec is not None:
         recipe = recipe_from_dict(recipe, [])
         recipe.keypoints = spec.to_dict()
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
     output_dir = Path(recipe.output_dir)
-    spec = spec_from_recipe(recipe)
-    datamodule = build_datamodule(recipe, spec, train_dataset, val_dataset)
-    module = build_module(recipe)
+    spec, datamodule, module, ckpt_path = _prepare(recipe, train_dataset, val_dataset, overwrite)
     trainer = build_trainer(recipe, output_dir, callbacks)
-    ckpt_path = _resume_path(recipe.resume, output_dir)
     if trainer.is_global_zero:
+        if overwrite:
+            clear_run(output_dir)
         _save_run_files(recipe, spec, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if module.last_validated_step != trainer.global_step:  # the final weights were not validated
@@ -309,10 +467,12 @@ def train(
     if trainer.is_global_zero:
         if module.evaluator is not None:
             print(module.evaluator.summary())
-        print(f"checkpoint: {ckpt_dir / 'last.ckpt'}")
-        print(
-            f"predict with: dekr-predict {ckpt_dir / 'last.ckpt'} IMAGE_OR_FOLDER --out predictions"
-        )
+        last = ckpt_dir / "last.ckpt"
+        if last.is_file():
+            print(f"checkpoint: {last}")
+            print(f"predict with: dekr-predict {last} IMAGE_OR_FOLDER --out predictions")
+        else:  # e.g. stopped by trainer.max_time_minutes before the first epoch ended
+            print("no checkpoint was written (the run ended before its first epoch did)")
         print(f"AP {metrics.get('AP', float('nan')):.4f}")
     return {"metrics": metrics, "last": ckpt_dir / "last.ckpt", "best": ckpt_dir / "best.ckpt"}
 
@@ -323,14 +483,18 @@ def evaluate(
     """COCO AP of a checkpoint on the validation split its recipe (plus overrides) names."""
     module = load_checkpoint(checkpoint, overrides)
     recipe = module.recipe
+    check_values(recipe)
+    count_processes(OmegaConf.merge(recipe.trainer, {"devices": 1, "num_nodes": 1}))
     datamodule = build_datamodule(recipe, module.spec)
-    trainer = pl.Trainer(
-        accelerator=recipe.trainer.accelerator,
-        devices=1,
-        logger=False,
-        limit_val_batches=recipe.trainer.limit_val_batches,
-        callbacks=[TQDMProgressBar()],
-    )
+    datamodule.load_datasets(("val",))
+    with _trainer_settings():
+        trainer = pl.Trainer(
+            accelerator=recipe.trainer.accelerator,
+            devices=1,
+            logger=False,
+            limit_val_batches=recipe.trainer.limit_val_batches,
+            callbacks=[TQDMProgressBar()],
+        )
     trainer.validate(module, datamodule=datamodule, verbose=False)
     print(module.evaluator.summary())
     out = results or Path(checkpoint).with_name("results.json")

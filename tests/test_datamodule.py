@@ -123,6 +123,6 @@ def test_recipe_official_reaches_reader_transform_and_device() -> None:
     assert target_kwargs(recipe)["official"] is True
     dm = build_datamodule(recipe)
     dm.setup("fit")
-    assert dm.train_dataset.dataset.dataset.official and not dm.val_dataset.official
+    assert dm.train_dataset.dataset.dataset.official and not dm.val_dataset.dataset.official
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert "official_areas" in batch and batch["heatmaps"].shape[:2] == (2, 18)

@@ -138,3 +138,37 @@ def test_checkpoints_are_loaded_without_pickle_code(tmp_path: Path) -> None:
     torch.save({"state_dict": Evil()}, path)
     with pytest.raises(ValueError, match="cannot read checkpoint .*evil.pth"):
         read_state_dict(path)
+
+
+def _dekr_ckpt(path: Path, k: int) -> tuple[Path, dict]:
+    """A dekr (Lightning) checkpoint: ``model.``-prefixed weights of a tiny K-keypoint model."""
+    torch.manual_seed(k)
+    model = build_model("hrnet_w8_tiny", num_keypoints=k)
+    state = {f"model.{n}": v for n, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"recipe": {}}}, path)
+    return path, model.state_dict()
+
+
+def test_fine_tuning_from_a_dekr_checkpoint(tmp_path: Path) -> None:
+    from dekr.errors import CheckpointError
+    from dekr.models.weights import K_DEPENDENT_PREFIXES
+
+    path, source = _dekr_ckpt(tmp_path / "k17.ckpt", 17)
+    same = build_model("hrnet_w8_tiny", num_keypoints=17)
+    assert load_official_dekr(same, path) == []  # same K: everything, strictly
+    assert all(torch.equal(v, source[n]) for n, v in same.state_dict().items())
+    other = build_model("hrnet_w8_tiny", num_keypoints=3)
+    with pytest.raises(CheckpointError, match="K=17 keypoints, the model K=3") as info:
+        load_official_dekr(other, path)
+    assert "model.weights_partial=true" in info.value.hint
+    fresh = {n: v.clone() for n, v in other.state_dict().items()}
+    reset = load_official_dekr(other, path, partial=True)
+    assert reset == [p.rstrip(".") for p in K_DEPENDENT_PREFIXES]
+    for name, value in other.state_dict().items():
+        if name.startswith(K_DEPENDENT_PREFIXES):
+            expected = fresh[name].clone()
+            if name.startswith("head_heatmap.1."):  # the centre channel comes from the source
+                expected[-1] = source[name][-1]
+            assert torch.equal(value, expected), name
+        else:
+            assert torch.equal(value, source[name]), name

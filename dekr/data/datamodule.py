@@ -33,6 +33,7 @@ from dekr.data.types import (
     TrainBatch,
     TrainSample,
 )
+from dekr.errors import OptionError
 from dekr.keypoints import KeypointSpec
 from dekr.targets import encode_targets, encode_targets_batch
 
@@ -77,7 +78,7 @@ class TrainSampleTransform:
         seed: int = 0,
     ) -> None:
         if input_size % output_stride:
-            raise ValueError(f"input_size {input_size} is not a multiple of {output_stride}")
+            raise OptionError(f"input_size {input_size} is not a multiple of {output_stride}")
         self.spec = spec
         self.input_size = int(input_size)
         self.output_stride = int(output_stride)

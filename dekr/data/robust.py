@@ -22,10 +22,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from dekr.errors import DataError, OptionError
+
 __all__ = ["SkipBadImages", "TooManyBadImages"]
 
 
-class TooManyBadImages(ValueError):
+class TooManyBadImages(DataError):
     """More training images failed to read than ``data.max_bad_image_fraction`` allows."""
 
 
@@ -46,7 +48,7 @@ class SkipBadImages(Dataset):
         errors: tuple[type[BaseException], ...] = (OSError,),
     ) -> None:
         if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+            raise OptionError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.dataset = dataset
         self.max_bad_fraction = float(max_bad_fraction)
         self.errors = tuple(errors)

@@ -49,6 +49,7 @@ from dekr.data.figures import (
     draw_occluders,
 )
 from dekr.data.types import Size, as_size
+from dekr.errors import OptionError, OutputDirError
 from dekr.keypoints import COCO_KEYPOINTS, KeypointSpec
 
 __all__ = [
@@ -87,9 +88,9 @@ class SceneOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_people <= 250:
-            raise ValueError(f"max_people must be in 0..250, got {self.max_people}")
+            raise OptionError(f"max_people must be in 0..250, got {self.max_people}")
         if not 0 < self.min_height <= self.max_height:
-            raise ValueError(
+            raise OptionError(
                 f"need 0 < min_height <= max_height, got {self.min_height}, {self.max_height}"
             )
 
@@ -291,7 +292,7 @@ def _swap_in(tmp: Path, root: Path) -> None:
     if root.exists():
         if any(root.iterdir()) and not (root / _MANIFEST).is_file():
             shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(
+            raise OutputDirError(
                 f"{root} exists and is not a synthetic dataset folder (no {_MANIFEST}); "
                 "choose an empty or new folder"
             )

@@ -78,7 +78,7 @@ class RawSample(TypedDict):
     image: NDArray[np.uint8]  # (H, W, 3) RGB
     # (N, K, 3) x, y, v; float64 from the reader's official=True
     keypoints: Union[NDArray[np.float32], NDArray[np.float64]]
-    areas: NDArray[np.float32]  # (N,) annotation area, image pixels² (dekr.data.coco.annotation_area)
+    areas: NDArray[np.float32]  # (N,) annotation area, image pixels² (dekr.evaluation.annotation_area)
     ignore_mask: NDArray[np.bool_]  # (H, W) True where the loss ignores the image
     image_id: int  # the id in the COCO JSON
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
+from dekr.errors import OptionError
+
 __all__ = [
     "AdaptiveConv",
     "AdaptBlock",
@@ -41,7 +43,7 @@ ADAPTIVE_IMPLS = ("auto", "deform", "grid_sample")
 def resolve_impl(impl: str, device: torch.device) -> str:
     """``"auto"`` picks ``deform`` on CUDA and ``grid_sample`` elsewhere (measured faster)."""
     if impl not in ADAPTIVE_IMPLS:
-        raise ValueError(f"adaptive conv impl {impl!r} unknown; expected one of {ADAPTIVE_IMPLS}")
+        raise OptionError(f"adaptive conv impl {impl!r} unknown; expected one of {ADAPTIVE_IMPLS}")
     if impl == "auto":
         return "deform" if device.type == "cuda" else "grid_sample"
     return impl

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dekr.errors import OptionError
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv, can_group, grouped_adapt_blocks
 from dekr.models.hrnet import HRNET_SPECS, BasicBlock, HRNet, HRNetSpec, conv_bn
 
@@ -33,7 +34,7 @@ class DEKR(HRNet):
     def __init__(self, spec: HRNetSpec, num_keypoints: int, adaptive_impl: str = "auto") -> None:
         super().__init__(spec)
         if num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+            raise OptionError(f"num_keypoints must be >= 1, got {num_keypoints}")
         self.num_keypoints = num_keypoints
         feat = self.out_channels
         hc, oc = spec.head_channels, spec.offset_channels_per_keypoint
@@ -132,7 +133,7 @@ def build_model(
         try:
             spec = HRNET_SPECS[backbone]
         except KeyError:
-            raise ValueError(
+            raise OptionError(
                 f"unknown backbone {backbone!r}; expected one of {sorted(HRNET_SPECS)}"
             ) from None
     else:

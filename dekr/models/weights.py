@@ -8,18 +8,24 @@ a checkpoint can never execute code.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dekr.errors import CheckpointError, MissingFileError
+
 __all__ = [
+    "read_checkpoint",
     "read_state_dict",
     "load_official_dekr",
     "load_imagenet_backbone",
     "CLASSIFICATION_ONLY_PREFIXES",
     "HEAD_PREFIXES",
+    "K_DEPENDENT_PREFIXES",
 ]
 
 # Keys of classification HRNets (official HRNet-Image-Classification and timm ``hrnet_w*``) that
@@ -37,26 +43,70 @@ HEAD_PREFIXES = (
 )  # fmt: skip
 
 
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to retry with
+    ``weights_only=False`` (which would let the file run code)."""
+    text = str(err)
+    if "GLOBAL" in text or "Unsupported global" in text:
+        found = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "?"
+        return (
+            f"it holds Python objects, not only tensors (e.g. {found.strip(':')}); dekr loads "
+            "checkpoints with weights_only=True so that a file can never run code"
+        )
+    if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
+        return "the file is empty, truncated or corrupt (not a complete PyTorch checkpoint)"
+    return "not a PyTorch checkpoint (corrupt, or another kind of file)"
+
+
+# The layers whose shape or meaning depends on the keypoint count K: the heatmap output conv
+# (K + 1 channels), the offset transition (a group of channels per keypoint) and the per-keypoint
+# offset branches. Everything else (backbone, heatmap transition and head body) fine-tunes.
+K_DEPENDENT_PREFIXES = (
+    "head_heatmap.1.", "transition_offset.", "offset_feature_layers.", "offset_final_layer.",
+)  # fmt: skip
+HEATMAP_OUTPUT = "head_heatmap.1."
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say why.
+
+    Raises:
+        MissingFileError: ``path`` is not a file.
+        CheckpointError: the file is not a PyTorch checkpoint of tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise MissingFileError(f"checkpoint {state}: {path}")
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol N": the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(err)}") from err
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from ``path`` safely.
 
     Accepts a bare state dict, or a dict holding one under ``state_dict`` / ``model``; strips a
     ``module.`` prefix left by DataParallel/DDP.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors carry long messages: keep the first line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from err
+    obj = read_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The network's tensors of a dekr (Lightning) checkpoint's ``model.*`` keys; other state
+    dicts unchanged."""
+    if state and all(k.startswith("model.") for k in state):
+        return {k.removeprefix("model."): v for k, v in state.items()}
+    return state
 
 
 def _first(keys: list[str], n: int = 5) -> str:
@@ -70,32 +120,65 @@ def _check(
     own = model.state_dict()
     key = "head_heatmap.1.weight"
     if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: the checkpoint predicts K={state[key].shape[0] - 1} keypoints, the model "
-            f"K={own[key].shape[0] - 1}; use the keypoint spec the checkpoint was trained with"
+            f"K={own[key].shape[0] - 1}; use the keypoint spec the checkpoint was trained with",
+            hint="to fine-tune it to this keypoint set, add model.weights_partial=true (the "
+            "backbone and the K-independent head layers load, the rest is re-initialised)",
         )
     # BN ``num_batches_tracked`` counters are absent from checkpoints of old PyTorch versions.
     missing = sorted(k for k in expected_keys - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     if missing:
-        raise ValueError(f"{source}: missing keys {_first(missing)}")
+        raise CheckpointError(f"{source}: missing keys {_first(missing)}")
     if unexpected:
-        raise ValueError(f"{source}: unexpected keys {_first(unexpected)}")
+        raise CheckpointError(f"{source}: unexpected keys {_first(unexpected)}")
     bad = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(state)
         if tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if bad:
-        raise ValueError(f"{source}: shape mismatch {_first(bad, 3)}")
+        raise CheckpointError(f"{source}: shape mismatch {_first(bad, 3)}")
 
 
-def load_official_dekr(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> None:
-    """Load an official DEKR checkpoint (``pose_dekr_hrnetw32_coco.pth`` layout) strictly."""
+def load_official_dekr(
+    model: nn.Module, source: str | Path | Mapping[str, Tensor], *, partial: bool = False
+) -> list[str]:
+    """Load DEKR weights: an official checkpoint (``pose_dekr_hrnetw32_coco.pth`` layout) or a
+    dekr training checkpoint (``.ckpt``).
+
+    With the model's keypoint count everything loads strictly. With another K, ``partial=True``
+    loads the backbone and the K-independent head layers strictly, keeps the centre channel of
+    the heatmap output, and leaves the K-dependent layers (:data:`K_DEPENDENT_PREFIXES`) as
+    initialised; without it another K is a :class:`~dekr.errors.CheckpointError` naming both.
+
+    Returns:
+        the K-dependent layers left re-initialised (empty for a strict load).
+    """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    state = _network_state(state)
     name = str(source) if isinstance(source, (str, Path)) else "state dict"
-    _check(model, state, name, set(model.state_dict()))
-    model.load_state_dict(state, strict=False)  # _check above is the strict check
+    own = model.state_dict()
+    theirs_k, own_k = _num_keypoints(state), _num_keypoints(own)
+    if theirs_k == own_k or theirs_k is None or not partial:
+        _check(model, state, name, set(own))
+        model.load_state_dict(state, strict=False)  # _check above is the strict check
+        return []
+    kept = {k: v for k, v in state.items() if not k.startswith(K_DEPENDENT_PREFIXES)}
+    _check(model, kept, name, {k for k in own if not k.startswith(K_DEPENDENT_PREFIXES)})
+    model.load_state_dict(kept, strict=False)
+    with torch.no_grad():  # the centre heatmap (last channel) does not depend on K
+        for suffix in ("weight", "bias"):
+            key = f"{HEATMAP_OUTPUT}{suffix}"
+            if key in state and key in own:
+                own[key][-1].copy_(state[key][-1])
+    return [p.rstrip(".") for p in K_DEPENDENT_PREFIXES]
+
+
+def _num_keypoints(state: Mapping[str, Tensor]) -> int | None:
+    weight = state.get(f"{HEATMAP_OUTPUT}weight")
+    return int(weight.shape[0]) - 1 if isinstance(weight, Tensor) else None
 
 
 def load_imagenet_backbone(model: nn.Module, source: str | Path | Mapping[str, Tensor]) -> int:
@@ -112,7 +195,7 @@ def load_imagenet_backbone(model: nn.Module, source: str | Path | Mapping[str, T
     state = {k: v for k, v in state.items() if not k.startswith(CLASSIFICATION_ONLY_PREFIXES)}
     head = [k for k in state if k.startswith(HEAD_PREFIXES)]
     if head:
-        raise ValueError(
+        raise CheckpointError(
             f"{name}: holds DEKR head keys ({_first(head, 2)}); this is a pose checkpoint, "
             "not an ImageNet backbone: load it as a DEKR checkpoint instead"
         )
