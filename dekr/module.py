@@ -257,7 +257,8 @@ class DekrModule(pl.LightningModule):
         dataset = getattr(getattr(self._trainer, "datamodule", None), "val_dataset", None)
         while isinstance(dataset, Subset):
             dataset = dataset.dataset
-        return getattr(dataset, "coco", None)
+        ground_truth = getattr(dataset, "ground_truth", None)  # e.g. COCOKeypoints.ground_truth
+        return ground_truth() if callable(ground_truth) else None
 
     def make_evaluator(self, gts: list[tuple[int, np.ndarray]]) -> COCOEvaluator:
         """The dataset's COCO ground truth (crowds and unlabelled people included), or one built
