@@ -55,10 +55,19 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from dekr.data.cache import cached_arrays
 from dekr.data.types import RawSample
 from dekr.keypoints import KeypointSpec
 
 __all__ = ["AnnotationError", "COCOKeypoints", "CompactAnnotations", "ImageIds", "read_image"]
+
+
+CACHE_MIN_BYTES = 16 << 20  # smaller files parse in well under a second
+_FORMAT = 1  # bump when the arrays change meaning
+
+
+def _variant(spec: KeypointSpec, official: bool) -> str:
+    return f"coco{_FORMAT}-k{spec.num_keypoints}-{'official' if official else 'default'}"
 
 
 class AnnotationError(ValueError):
@@ -108,6 +117,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _id_like(value: Any) -> bool:
+    return _number(value) or isinstance(value, (np.integer, np.floating))
+
+
 def _rectangle_rle(bbox: Sequence[float], h: int, w: int) -> dict[str, Any]:
     """Compressed RLE of the bbox rectangle, rounded outwards, clipped to the image."""
     x0, y0, bw, bh = bbox
@@ -142,14 +155,14 @@ class ImageIds(Sequence):
         return (int(i) for i in self._ids)
 
     def __contains__(self, value: object) -> bool:
-        return _number(value) and self._find(value) >= 0  # type: ignore[arg-type]
+        return _id_like(value) and self._find(value) >= 0  # type: ignore[arg-type]
 
     def _find(self, value: float) -> int:
         pos = int(np.searchsorted(self._ids, value))
         return pos if pos < len(self._ids) and self._ids[pos] == value else -1
 
     def index(self, value: Any, start: int = 0, stop: Any = None) -> int:
-        pos = self._find(value) if _number(value) else -1
+        pos = self._find(value) if _id_like(value) else -1
         if pos < 0 or pos < start or (stop is not None and pos >= stop):
             raise ValueError(f"image id {value!r} is not in this dataset")
         return pos
@@ -411,6 +424,9 @@ class COCOKeypoints:
             (crowd included), as the official training list does (COCOKeypoints.py:37-42).
         official: read people and keypoint precision as the official reader does (module
             docstring): keypoints float64, people without labelled keypoints included.
+        cache: keep the compact arrays in a cache file (:mod:`dekr.data.cache`: next to the
+            JSON or in ``$DEKR_HOME``, keyed by the JSON's size, mtime and hash, built by one
+            process per node); ``None`` (default) caches files of at least 16 MiB.
     """
 
     def __init__(
@@ -422,6 +438,7 @@ class COCOKeypoints:
         transform: Callable[[RawSample], Any] | None = None,
         drop_images_without_annotations: bool = False,
         official: bool = False,
+        cache: bool | None = None,
     ) -> None:
         if not os.path.isfile(annotation_file):
             raise FileNotFoundError(f"annotation file not found: {annotation_file}")
@@ -433,8 +450,19 @@ class COCOKeypoints:
         self.transform = transform
         self.official = bool(official)
         self._source_stat = _stat(self.annotation_file)
-        self.store = CompactAnnotations.from_json(self.annotation_file, spec, self.official)
-        self._set_arrays(self.store.arrays, drop_images_without_annotations)
+        if cache is None:
+            cache = self._source_stat[0] >= CACHE_MIN_BYTES
+        self.cache_status = "uncached"
+        if cache:
+            arrays, self.cache_status = cached_arrays(
+                self.annotation_file, _variant(spec, self.official), self._build_arrays
+            )
+        else:
+            arrays = self._build_arrays()
+        self._set_arrays(arrays, drop_images_without_annotations)
+
+    def _build_arrays(self) -> dict[str, np.ndarray]:
+        return CompactAnnotations.from_json(self.annotation_file, self.spec, self.official).arrays
 
     def _set_arrays(self, a: dict[str, np.ndarray], drop: bool) -> None:
         self._a = a
