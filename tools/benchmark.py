@@ -1,4 +1,6 @@
-"""Benchmarks: ``python tools/benchmark.py {model,targets,data,decode,train,export,scale} [--json]``.
+"""Benchmarks: ``python tools/benchmark.py SUBCOMMAND [--json]``.
+
+Subcommands: model, targets, data, decode, train, export, scale.
 
 With ``--json`` one JSON list of ``{"name", "value", "unit"}`` records is printed; otherwise a
 table under a line naming the machine. ``python tools/benchmark.py SUBCOMMAND --help`` lists the

@@ -58,7 +58,7 @@ def generate(path: Path, images: int, seed: int = 0) -> dict[str, int]:
     for i in range(2 * images):
         w, h = rng.choice([(640, 480), (640, 427), (480, 640), (500, 375)])
         imgs.append({"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "width": w, "height": h,
-                     "license": 1, "coco_url": "", "date_captured": "", "flickr_url": ""})  # fmt: skip
+                     "license": 1, "coco_url": "", "date_captured": "", "flickr_url": ""})
         if i >= images:
             continue
         n_people = rng.choice([1, 1, 2, 2, 3, 3, 4, 5])
@@ -87,11 +87,11 @@ def generate(path: Path, images: int, seed: int = 0) -> dict[str, int]:
                 segm = [_polygon(rng, x, y, r, 24), _polygon(rng, x + r, y, r / 2, 16)]
             anns.append({"segmentation": segm, "num_keypoints": sum(1 for v in kps[2::3] if v),
                          "area": round(3.0 * r * r, 2), "iscrowd": int(crowd), "keypoints": kps,
-                         "image_id": i + 1, "bbox": box, "category_id": 1, "id": next_id})  # fmt: skip
+                         "image_id": i + 1, "bbox": box, "category_id": 1, "id": next_id})
             next_id += 1
     names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
              "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-             "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]  # fmt: skip
+             "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
     doc = {"info": {"description": "generated, COCO train2017 sized"}, "licenses": [],
            "images": imgs, "annotations": anns,
            "categories": [{"id": 1, "name": "person", "supercategory": "person",
