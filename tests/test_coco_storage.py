@@ -213,3 +213,15 @@ def test_zero_areas_and_orphans_are_counted_in_one_warning(tmp_path) -> None:
                       r"of images not in 'images' not read") as record:  # fmt: skip
         ds = COCOKeypoints(str(path), str(tmp_path), SPEC3)
     assert len(record) == 1 and ds.people(7)[1].tolist() == [0.0, 60.0]
+
+
+@pytest.mark.slow
+def test_scale_benchmark_at_small_size(monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(TEST_DATA.parents[1] / "tools"))
+    import benchmark
+
+    assert benchmark.main(["scale", "--images", "200", "--epochs", "1", "--json"]) == 0
+    records = {r["name"]: r["value"] for r in json.loads(capsys.readouterr().out)}
+    assert records["scale.coco.images"] == 400 and records["scale.coco.people"] > 200
+    assert 0 < records["scale.coco.startup_s"] and 0 < records["scale.coco.startup_cached_s"]
+    assert records["scale.coco.rank_mib"] < 100 and records["scale.coco.worker_growth_mib"] < 10

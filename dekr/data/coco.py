@@ -400,7 +400,7 @@ def _region(path: str, ann: dict[str, Any], h: int, w: int) -> dict[str, Any] | 
                 return rle
             rles = mask_utils.frPyObjects(segm, h, w)  # polygons or an uncompressed RLE
             return mask_utils.merge(rles) if isinstance(rles, list) else rles
-    except (TypeError, ValueError, IndexError) as err:
+    except (TypeError, ValueError, IndexError, OverflowError) as err:
         if isinstance(err, AnnotationError):
             raise
         raise AnnotationError(

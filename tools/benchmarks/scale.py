@@ -11,7 +11,8 @@ a fresh process, records:
 * ``scale.coco.startup_cached_s``: the same with the cache written;
 * ``scale.coco.rank_mib``: resident memory (RSS) the cached dataset adds to a fresh process
   (the arrays are memory maps of the cache file: shared between the ranks of a node),
-  ``scale.coco.rank_private_mib`` the private dirty part of it;
+  ``scale.coco.rank_private_mib`` the private dirty part of it, ``scale.coco.cache_file_mib``
+  the cache file (``official=True``, as the COCO recipes read: keypoints float64);
 * ``scale.coco.worker_growth_mib``: the largest private memory (USS, ``/proc/PID/smaps_rollup``)
   a DataLoader worker gains over ``--epochs`` epochs of every sample's annotations (keypoints,
   areas, ignore mask decoded; no image) and a full ``gc.collect()``, ``--workers`` workers, less
@@ -79,12 +80,16 @@ def generate(path: Path, images: int, seed: int = 0) -> dict[str, int]:
             box = [round(x - r, 2), round(y - r, 2), round(2 * r, 2), round(2 * r, 2)]
             if crowd:
                 crowds += 1
-                col = [int(h * 0.2), int(h * 0.6), int(h * 0.2)] * int(2 * r)
-                counts = [int(max(x - r, 0)) * h] + col
+                first = int(max(x - r, 0))
+                cols = max(min(int(2 * r), w - first), 1)
+                top, mid = int(h * 0.2), int(h * 0.6)  # a band in each column, column-major
+                counts = [first * h + top]
+                for c in range(cols):
+                    counts += [mid, h - mid] if c < cols - 1 else [mid]
                 counts.append(h * w - sum(counts))
                 segm: object = {"size": [h, w], "counts": counts}
             else:
-                segm = [_polygon(rng, x, y, r, 24), _polygon(rng, x + r, y, r / 2, 16)]
+                segm = [_polygon(rng, x, y, r, 20), _polygon(rng, x + r, y, r / 2, 12)]
             anns.append({"segmentation": segm, "num_keypoints": sum(1 for v in kps[2::3] if v),
                          "area": round(3.0 * r * r, 2), "iscrowd": int(crowd), "keypoints": kps,
                          "image_id": i + 1, "bbox": box, "category_id": 1, "id": next_id})
@@ -128,6 +133,10 @@ _CHILD = textwrap.dedent(
     result = {"seconds": seconds, "status": ds.cache_status, "images": len(ds),
               "rss": after["Rss"] - before["Rss"],
               "private": after["Private_Dirty"] - before["Private_Dirty"]}
+    from dekr.data.cache import cache_paths
+    from dekr.data.coco import _variant
+    cache = cache_paths(ann, _variant(COCO_KEYPOINTS, True))[0]
+    result["cache_mib"] = os.path.getsize(cache) / 2**20
     if workers:
         class Touch(torch.utils.data.Dataset):
             def __init__(self, touch):
@@ -157,7 +166,9 @@ _CHILD = textwrap.dedent(
 
 def _child(ann: Path, images: Path, epochs: int, workers: int) -> dict:
     out = subprocess.run([sys.executable, "-c", _CHILD, str(ann), str(images), str(epochs),
-                          str(workers)], capture_output=True, text=True, check=True)  # fmt: skip
+                          str(workers)], capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"benchmark process failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -179,6 +190,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         record("scale.coco.startup_cached_s", warm["seconds"], "s", 2),
         record("scale.coco.rank_mib", warm["rss"], "MiB", 1),
         record("scale.coco.rank_private_mib", warm["private"], "MiB", 1),
+        record("scale.coco.cache_file_mib", warm["cache_mib"], "MiB", 1),
         record("scale.coco.worker_growth_mib", warm["growth"] - warm["control"], "MiB", 1),
         record("scale.coco.worker_uss_gain_mib", warm["growth"], "MiB", 1),
         record("scale.coco.worker_uss_gain_control_mib", warm["control"], "MiB", 1),
