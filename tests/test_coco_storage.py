@@ -173,7 +173,6 @@ _DELETE = object()
 DATA_CHECKS = {
     "negative_area": (_set("annotations.1.area", -4.0), r"annotation id 12 has a negative area"),
     "area_not_a_number": (_set("annotations.1.area", "big"), r"annotation id 12 has area 'big'"),
-    "missing_bbox": (_set("annotations.1.bbox", _DELETE), r"annotation id 12 has no 'bbox'"),
     "bad_bbox": (_set("annotations.1.bbox", [1, 2, -3, 4]), r"annotation id 12 has bbox \[1, 2"),
     "keypoints_not_a_list": (_set("annotations.1.keypoints", "1 2 3"),
                              r"annotation id 12 has keypoints of type str"),
@@ -203,16 +202,21 @@ def test_data_checks_name_the_file_and_the_id(case: str, tmp_path) -> None:
     assert issubclass(AnnotationError, ValueError)
 
 
-def test_zero_areas_and_orphans_are_counted_in_one_warning(tmp_path) -> None:
+def test_zero_areas_orphans_and_missing_boxes_are_counted_in_one_warning(tmp_path) -> None:
     doc = _tiny()
     doc["annotations"][0]["area"] = 0.0
     doc["annotations"].append({**doc["annotations"][1], "id": 13, "image_id": 99})
     path = tmp_path / "z.json"
     path.write_text(json.dumps(doc))
+    del doc["annotations"][1]["bbox"]  # optional: the keypoints' box
+    path.write_text(json.dumps(doc))
     with pytest.warns(UserWarning, match=r"z\.json: 1 people of area 0 kept .*; 1 annotations "
-                      r"of images not in 'images' not read") as record:  # fmt: skip
+                      r"of images not in 'images' not read; 1 annotations without bbox given "
+                      r"the box of their segmentation or labelled") as record:  # fmt: skip
         ds = COCOKeypoints(str(path), str(tmp_path), SPEC3)
     assert len(record) == 1 and ds.people(7)[1].tolist() == [0.0, 60.0]
+    assert ds._a["boxes"][1].tolist() == [6.0, 5.0, 7.0, 5.0]
+    assert ds.ground_truth().anns[12]["bbox"] == [6.0, 5.0, 7.0, 5.0]
 
 
 @pytest.mark.slow

@@ -32,11 +32,13 @@ included) is built on request from the JSON by :meth:`COCOKeypoints.ground_truth
 
 Data checks (docs/reliability.md): the file's structure, duplicate image or annotation ids, image
 entries without ``file_name`` or a positive size, annotations without an ``id``, a ``bbox`` that is
-missing or not 4 finite numbers with non-negative size, keypoints that are not 3·K numbers, NaN or
+not 4 finite numbers with non-negative size, keypoints that are not 3·K numbers, NaN or
 infinite keypoints, an ``area`` that is negative or not a number: each raises
 :class:`AnnotationError` (a ``ValueError``) naming the file and the image or annotation id.
 People of area 0 are kept (they get no centre under the small-person rule) and counted in one
-warning, as are annotations of images missing from ``images`` (not read).
+warning, as are annotations of images missing from ``images`` (not read) and annotations without
+``bbox`` (``bbox`` is optional: such an annotation gets the box of its segmentation, else of its
+labelled keypoints, in the stored boxes and in :meth:`COCOKeypoints.ground_truth`).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ __all__ = ["AnnotationError", "COCOKeypoints", "CompactAnnotations", "ImageIds",
 
 
 CACHE_MIN_BYTES = 16 << 20  # smaller files parse in well under a second
-_FORMAT = 1  # bump when the arrays change meaning
+_FORMAT = 2  # bump when the arrays change meaning
 
 
 def _variant(spec: KeypointSpec, official: bool) -> str:
@@ -233,11 +235,12 @@ def _check_annotation(path: str, ann: dict[str, Any], k: int) -> None:
     """The per-annotation checks of the module docstring (keypoints' values are checked later)."""
     aid = ann.get("id")
     box = ann.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)
-            and all(math.isfinite(v) for v in box) and box[2] >= 0 and box[3] >= 0):  # fmt: skip
-        what = "no 'bbox'" if box is None else f"bbox {str(box)[:60]}"
+    if box is not None and not (
+        isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)
+        and all(math.isfinite(v) for v in box) and box[2] >= 0 and box[3] >= 0
+    ):  # fmt: skip
         raise AnnotationError(
-            f"{path}: annotation id {aid} has {what}; [x, y, width, height] expected "
+            f"{path}: annotation id {aid} has bbox {str(box)[:60]}; [x, y, width, height] expected "
             "(4 finite numbers, width and height >= 0)"
         )
     if "area" in ann:
@@ -362,7 +365,9 @@ def _build(path: str, doc: dict[str, Any], spec: KeypointSpec, official: bool) -
     name_offsets = np.zeros(len(image_ids) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in names], out=name_offsets[1:])
     person_ids = np.asarray([kept[j]["id"] for j in people.tolist()], dtype=np.int64)
-    boxes = np.asarray([kept[j]["bbox"] for j in people.tolist()], dtype=np.float32)
+    boxes = np.asarray([kept[j].get("bbox") or _keypoint_box(kps[j]) for j in people.tolist()],
+                       dtype=np.float32)  # fmt: skip
+    no_box = sum(1 for ann in kept if ann.get("bbox") is None)
     return {
         "image_ids": image_ids,
         "heights": heights.astype(np.int32),
@@ -380,7 +385,36 @@ def _build(path: str, doc: dict[str, Any], spec: KeypointSpec, official: bool) -
         "num_outside_keypoints": np.asarray(num_outside, dtype=np.int64),
         "num_zero_area": np.asarray(int((areas[people] == 0).sum()), dtype=np.int64),
         "num_orphans": np.asarray(orphans, dtype=np.int64),
+        "num_no_bbox": np.asarray(no_box, dtype=np.int64),
     }
+
+
+def _keypoint_box(kps: np.ndarray) -> list[float]:
+    """[x, y, w, h] of the labelled keypoints of (K, 3) ``kps``; zeros when none is labelled."""
+    lab = kps[kps[:, 2] > 0, :2]
+    if not len(lab):
+        return [0.0, 0.0, 0.0, 0.0]
+    lo, hi = lab.min(axis=0), lab.max(axis=0)
+    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+
+
+def _fill_boxes(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give annotations without ``bbox`` the box of their segmentation, else of their labelled
+    keypoints (pycocotools' keypoint OKS reads the box of people without visible keypoints)."""
+    sizes = {img["id"]: (img["height"], img["width"]) for img in doc["images"]}
+    for ann in doc["annotations"]:
+        if ann.get("bbox") is not None:
+            continue
+        rle = None
+        if ann.get("segmentation") and ann.get("image_id") in sizes:
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                rle = _region("", {**ann, "bbox": None}, *sizes[ann["image_id"]])
+        if rle is not None:
+            ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+        else:
+            kps = np.asarray(ann.get("keypoints") or [0, 0, 0], dtype=np.float64).reshape(-1, 3)
+            ann["bbox"] = _keypoint_box(kps)
+    return doc
 
 
 def _region(path: str, ann: dict[str, Any], h: int, w: int) -> dict[str, Any] | None:
@@ -471,10 +505,14 @@ class COCOKeypoints:
         self.image_ids = ImageIds(a["image_ids"][self._rows])
         self.num_outside_keypoints = int(a["num_outside_keypoints"])
         zero, orphans = int(a["num_zero_area"]), int(a["num_orphans"])
-        if zero or orphans:
+        no_box = int(a["num_no_bbox"])
+        if zero or orphans or no_box:
             parts = [f"{zero} people of area 0 kept (no centre, heatmaps trained)"] if zero else []
             if orphans:
                 parts.append(f"{orphans} annotations of images not in 'images' not read")
+            if no_box:
+                parts.append(f"{no_box} annotations without bbox given the box of their "
+                             "segmentation or labelled keypoints")  # fmt: skip
             warnings.warn(f"{self.annotation_file}: " + "; ".join(parts), stacklevel=3)
 
     def _row(self, img_id: int) -> int:
@@ -530,7 +568,7 @@ class COCOKeypoints:
                 f"{self.annotation_file}: changed since the dataset was built; build the dataset "
                 "again to evaluate against it"
             )
-        return _quiet_coco(_read_json(self.annotation_file))
+        return _quiet_coco(_fill_boxes(_read_json(self.annotation_file)))
 
     def load_image(self, img_id: int) -> np.ndarray:
         """RGB uint8 image of ``img_id``; the single place to add a skip/replace policy."""
