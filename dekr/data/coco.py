@@ -348,14 +348,14 @@ def _build(path: str, doc: dict[str, Any], spec: KeypointSpec, official: bool) -
     np.cumsum(counts, out=person_offsets[1:])
     annotated = np.bincount(rows_a, minlength=len(image_ids)) > 0
     regions: dict[int, list[dict[str, Any]]] = {}
-    for j in order[ignored[order]].tolist():
-        row = rows[j]
-        rle = _region(path, kept[j], int(heights[row]), int(widths[row]))
-        if rle is not None:
-            regions.setdefault(row, []).append(rle)
     blobs = [b""] * len(image_ids)
     with warnings.catch_warnings():  # pycocotools vs numpy 2 copy= keyword
         warnings.simplefilter("ignore", DeprecationWarning)
+        for j in order[ignored[order]].tolist():
+            row = rows[j]
+            rle = _region(path, kept[j], int(heights[row]), int(widths[row]))
+            if rle is not None:
+                regions.setdefault(row, []).append(rle)
         for row, rles in regions.items():
             merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=0)
             blobs[row] = merged["counts"]
