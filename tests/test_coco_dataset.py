@@ -33,8 +33,8 @@ def test_real_coco_counts(coco: COCOKeypoints) -> None:
     doc = json.loads(COCO_JSON.read_text())
     assert sorted(coco.image_ids) == sorted(im["id"] for im in doc["images"])
     assert len(coco) == 11
-    people = sum(len(coco._people[i][1]) for i in coco.image_ids)
-    labelled = sum(int((coco._people[i][0][..., 2] > 0).sum()) for i in coco.image_ids)
+    people = sum(len(coco.people(i)[1]) for i in coco.image_ids)
+    labelled = sum(int((coco.people(i)[0][..., 2] > 0).sum()) for i in coco.image_ids)
     assert people == 46  # tests/data/README.md: persons with at least one labelled keypoint
     assert labelled == 438
     assert coco.num_outside_keypoints == 0
@@ -56,7 +56,7 @@ def test_crowd_regions_in_ignore_mask(coco: COCOKeypoints) -> None:
     from pycocotools import mask as mask_utils
 
     s = _by_id(coco, 217285)
-    crowd = [a for a in coco.coco.imgToAnns[217285] if a["iscrowd"]]
+    crowd = [a for a in coco.ground_truth().imgToAnns[217285] if a["iscrowd"]]
     assert len(crowd) == 1
     seg = crowd[0]["segmentation"]
     rle = mask_utils.frPyObjects(seg, seg["size"][0], seg["size"][1])
@@ -149,7 +149,7 @@ def test_nan_and_outside_keypoints(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # kept keypoints outside the image are no warning
         ds = COCOKeypoints(str(_write(tmp_path, _tiny_doc())), str(tmp_path), SPEC3)
-    kps, areas = ds._people[7]
+    kps, areas = ds.people(7)
     # x=50 >= width 40: kept as labelled (it still says where the person is), and counted
     np.testing.assert_array_equal(kps[0], [[5, 5, 2], [10, 10, 1], [50, 5, 2]])
     assert ds.num_outside_keypoints == 1

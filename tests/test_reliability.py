@@ -268,7 +268,7 @@ def test_crowded_image_targets_decoder_evaluation(tmp_path: Path) -> None:
     heat = torch.from_numpy(maps["heatmaps"])[None]
     poses = decoder(heat, torch.from_numpy(maps["offsets"])[None])[0]
     assert 0 < len(poses["scores"]) <= 30 and torch.isfinite(poses["keypoints"]).all()
-    evaluator = COCOEvaluator(COCO_KEYPOINTS, coco_gt=ds.coco)
+    evaluator = COCOEvaluator(COCO_KEYPOINTS, coco_gt=ds.ground_truth())
     truth = sample["keypoints"].copy()
     evaluator.process([1], [{"keypoints": truth, "scores": np.linspace(1, 0.5, 120)}])
     metrics = evaluator.evaluate()

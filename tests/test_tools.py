@@ -56,6 +56,7 @@ SUBCOMMAND_OPTIONS = {
     "decode": ["--repeats", "--match-heatmaps"],
     "train": ["--case", "--repeats"],
     "export": ["--repeats", "--backbone"],
+    "scale": ["--images", "--epochs", "--workers"],
 }
 
 

@@ -1,4 +1,6 @@
-"""Benchmarks: ``python tools/benchmark.py {model,targets,data,decode,train,export} [--json]``.
+"""Benchmarks: ``python tools/benchmark.py SUBCOMMAND [--json]``.
+
+Subcommands: model, targets, data, decode, train, export, scale.
 
 With ``--json`` one JSON list of ``{"name", "value", "unit"}`` records is printed; otherwise a
 table under a line naming the machine. ``python tools/benchmark.py SUBCOMMAND --help`` lists the
@@ -23,6 +25,7 @@ SUBCOMMANDS = {
     "decode": "decoding with flip test, network excluded",
     "train": "images per second of full training steps",
     "export": "ONNX export: onnxruntime against torch, with and without the decoder",
+    "scale": "COCO-scale annotations: start-up, memory per rank, data-worker growth",
 }
 
 
@@ -40,6 +43,8 @@ def load_subcommand(command: str) -> ModuleType:
         from benchmarks import train as module
     elif command == "export":
         from benchmarks import export as module
+    elif command == "scale":
+        from benchmarks import scale as module
     else:
         raise ValueError(f"unknown benchmark {command!r}; one of {', '.join(SUBCOMMANDS)}")
     return module
