@@ -17,6 +17,7 @@ The public API, by stage (each name is documented where it is defined):
   :func:`train`, :func:`evaluate`, :func:`load_checkpoint`, :func:`predict_files`
 * errors (:mod:`dekr.errors`): :class:`DekrError`, :class:`UserError` (bad input) and its
   subclasses
+* pretrained weights by name (:mod:`dekr.weights`): :func:`list_weights`
 
 Heavy submodules are imported on first use, so ``import dekr`` stays fast.
 """
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from dekr.predict import predict_files
     from dekr.targets import encode_targets, encode_targets_batch
     from dekr.training import evaluate, train
+    from dekr.weights import list_weights
 
 _EXPORTS = {
     "KeypointSpec": "dekr.keypoints",
@@ -91,6 +93,7 @@ _EXPORTS = {
     "predict_files": "dekr.predict",
     "DekrError": "dekr.errors",
     "UserError": "dekr.errors",
+    "list_weights": "dekr.weights",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -127,7 +127,9 @@ def _eval(args: argparse.Namespace) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     """``dekr-eval CHECKPOINT [key=value ...]``."""
     parser = _parser("dekr-eval", "COCO keypoint AP of a checkpoint on its validation data.")
-    parser.add_argument("checkpoint", help="a dekr checkpoint (.ckpt)")
+    parser.add_argument(
+        "checkpoint", help="a dekr checkpoint (.ckpt) or a weights name (dekr.list_weights())"
+    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. decode.flip=false")
     parser.add_argument(
         "--results",
@@ -169,7 +171,9 @@ def predict_main(argv: list[str] | None = None) -> int:
         "the inputs' paths relative to their common folder.",
     )
     parser.add_argument(
-        "checkpoint", help="a dekr checkpoint (.ckpt); its recipe and spec are used"
+        "checkpoint",
+        help="a dekr checkpoint (.ckpt) or a weights name (dekr.list_weights()); its recipe "
+        "and spec are used",
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -263,7 +267,7 @@ def export_main(argv: list[str] | None = None) -> int:
     parser = _parser(
         "dekr-export", "Export a checkpoint's network (adaptive convolutions included)."
     )
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="a dekr checkpoint (.ckpt) or a weights name")
     parser.add_argument("--format", default="onnx", help="export format (onnx)")
     parser.add_argument("--out", type=Path, required=True, help="output file")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")

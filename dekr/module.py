@@ -342,9 +342,14 @@ def load_checkpoint(
     ``overrides`` (``key=value``) change test-time settings of the stored recipe, e.g.
     ``decode.flip=false``.
 
+    ``path`` may also be a registered weights name (:func:`dekr.weights.list_weights`): the
+    entry's file is downloaded, verified and converted once; an existing path always wins.
+
     Uses ``torch.load(weights_only=True)``: a checkpoint can never run code.
     """
-    path = Path(path)
+    from dekr.weights import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     ckpt = read_checkpoint(path, map_location)  # MissingFileError, CheckpointError
     try:
         recipe = ckpt["hyper_parameters"]["recipe"]

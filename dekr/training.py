@@ -247,12 +247,16 @@ def build_datamodule(
 
 def build_module(recipe: DictConfig) -> DekrModule:
     """The LightningModule with the recipe's initial weights (ImageNet backbone / DEKR weights)."""
+    from dekr.weights import resolve_backbone, resolve_model_weights  # names: dekr.list_weights()
+
     with _naming("decode.rescore_checkpoint"):
         module = DekrModule.from_recipe(recipe)
     if recipe.model.weights:
         with _naming("model.weights"):
             fresh = load_official_dekr(
-                module.model, recipe.model.weights, partial=recipe.model.weights_partial
+                module.model,
+                resolve_model_weights(recipe.model.weights),
+                partial=recipe.model.weights_partial,
             )
         if fresh and is_rank_zero():
             print(
@@ -262,7 +266,7 @@ def build_module(recipe: DictConfig) -> DekrModule:
             )
     elif recipe.model.pretrained:
         with _naming("model.pretrained"):
-            load_imagenet_backbone(module.model, recipe.model.pretrained)
+            load_imagenet_backbone(module.model, resolve_backbone(recipe.model.pretrained))
     return module
 
 
