@@ -286,8 +286,13 @@ def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
     assert math.isfinite(result["metrics"]["AP"])
     module = load_checkpoint(result["last"])
     lr = module.recipe.optim.lr
-    assert module.effective_lr() == pytest.approx(lr * 4 * 1 * 2 / 40)  # batch x world x accumulate
+    assert module.effective_lr() == lr  # no trainer attached: nothing to scale by
     ckpt = torch.load(result["last"], weights_only=True)
+    # the optimiser was built with the trainer's global batch: batch x world x accumulate / reference
+    scaled = lr * 4 * 1 * 2 / 40
+    base_lrs = ckpt["lr_schedulers"][0]["base_lrs"]
+    factor = module.recipe.optim.offset_lr_factor
+    assert base_lrs == pytest.approx([scaled, scaled * factor])
     assert any("EMAWeightAveraging" in key for key in ckpt.get("callbacks", {}))
     # one optimizer step per 2 batches (and one for a last odd batch)
     dm = build_datamodule(recipe)
