@@ -138,7 +138,11 @@ BINDINGS: tuple[Binding, ...] = (
         "data.synthetic",
         SyntheticConfig,
         ("dekr.data.synthetic:ensure_synthetic_splits", "dekr.data.synthetic:SceneOptions"),
-        given={"spec": "the recipe's keypoint set", "options": "built from the same fields"},
+        given={
+            "spec": "the recipe's keypoint set",
+            "options": "built from the same fields",
+            "progress": "a message and a progress bar on rank 0",
+        },
         defaults={"root": "the library function needs a folder; a recipe's is data/synthetic"},
     ),
     Binding(
@@ -179,6 +183,7 @@ BINDINGS: tuple[Binding, ...] = (
         ("pytorch_lightning:Trainer",),
         exempt={
             "max_time_minutes": "Lightning's `max_time`, given in minutes",
+            "budget_minutes": "the run's time budget (dekr.budget.TimeBudget)",
             "max_bad_loss_batches": "the LightningModule's non-finite loss rule",
             "process_group_timeout_minutes": "the DDP strategy's collective timeout",
             "log_images_every_n_epochs": "the LightningModule's picture logging",
@@ -257,6 +262,9 @@ def trainer_kwargs(recipe: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The recipe's ``trainer`` section as keyword arguments of ``pytorch_lightning.Trainer``
     (``max_time`` from ``max_time_minutes``; the strategy, callbacks and loggers are the run's)."""
     kwargs = section_kwargs(recipe, "trainer")
-    minutes = _node(recipe, "trainer")["max_time_minutes"]
+    t = _node(recipe, "trainer")
+    minutes = t["max_time_minutes"]
+    if not minutes and t.get("budget_minutes"):  # a safety net well above the budget
+        minutes = 1.5 * t["budget_minutes"] + 1
     kwargs["max_time"] = {"minutes": minutes} if minutes else None
     return kwargs

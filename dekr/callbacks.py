@@ -17,13 +17,13 @@ from the same ``seed_everything`` seed, so this matches how the run began.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-__all__ = ["RNGStateCallback", "collect_rng_states", "restore_rng_states"]
+__all__ = ["RNGStateCallback", "ValidationReport", "collect_rng_states", "restore_rng_states"]
 
 _KEY = "rng_states"
 
@@ -78,3 +78,29 @@ class RNGStateCallback(pl.Callback):
         states = checkpoint.get(_KEY)
         if states:
             restore_rng_states(states)
+
+
+class ValidationReport(pl.Callback):
+    """One console line per validation: ``epoch 6  2.8 min  AP 0.412`` (rank 0), minutes counted
+    from ``started`` (:func:`dekr.budget.now` at the start of the command), and the epoch of the
+    best AP, for the run's closing lines."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.best: Optional[tuple[float, int]] = None  # (AP, epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        ap = trainer.callback_metrics.get("val/AP")
+        if ap is None:
+            return
+        from dekr.budget import now
+
+        fitting = trainer.state.fn == "fit"
+        ap, epoch = float(ap), trainer.current_epoch + (1 if fitting else 0)
+        if fitting and (self.best is None or ap > self.best[0]):
+            self.best = (ap, epoch)
+        bar = trainer.progress_bar_callback
+        line = f"epoch {epoch}  {(now() - self.started) / 60:.1f} min  AP {ap:.3f}"
+        (bar.print if bar is not None else print)(line)

@@ -9,16 +9,48 @@ other exception is a bug: its traceback is printed and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
+import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from dekr.errors import OptionError, OutputError, UserError
 
 __all__ = ["train_main", "eval_main", "predict_main", "export_main"]
+
+_STARTED = time.monotonic()  # the command's start: a time budget counts from here
+
+# Lightning's start-up lines that say nothing about the run (hidden by the commands, shown with
+# --debug; the library keeps Lightning's logging as it is)
+_NOISE = (
+    "GPU available:", "TPU available:", "HPU available:", "litlogger", "LOCAL_RANK:",
+    "`Trainer.fit` stopped:", "Loading `train_dataloader` to estimate",
+)  # fmt: skip
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(part in message for part in _NOISE)
+
+
+def _quiet() -> None:
+    """Hide Lightning's start-up noise and the deprecation warnings of dependencies (dekr's own
+    warnings stay)."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logger = logging.getLogger(name)
+        logger.addFilter(_DropNoise())
+        for child in ("utilities.rank_zero",):
+            logging.getLogger(f"{name}.{child}").addFilter(_DropNoise())
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"dekr(\.|$)")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 
 
 def _one_line(err: BaseException) -> str:
@@ -33,6 +65,7 @@ def _one_line(err: BaseException) -> str:
 def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     if args.debug:
         return fn(args)
+    _quiet()
     try:
         return fn(args)
     except UserError as err:
@@ -69,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(recipe), end="")
         return 0
-    train(recipe, overwrite=args.overwrite)
+    train(recipe, overwrite=args.overwrite, started=_STARTED)
     return 0
 
 

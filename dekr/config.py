@@ -150,7 +150,8 @@ class OptimConfig:
     weight_decay: float = 0.0  # official Adam: no weight decay
     momentum: float = 0.9  # sgd only
     schedule: str = "multistep"  # multistep | cosine | constant
-    milestones: list[int] = field(default_factory=lambda: [90, 120])  # TRAIN.LR_STEP
+    # TRAIN.LR_STEP: epochs, or fractions of the run (all in (0, 1)), as a budget run needs
+    milestones: list[float] = field(default_factory=lambda: [90, 120])
     gamma: float = 0.1  # TRAIN.LR_FACTOR
     warmup_epochs: float = 0.0
     reference_batch: int = 40  # global batch of the official recipe (4 GPUs x 10)
@@ -165,7 +166,10 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 140  # TRAIN.END_EPOCH
-    max_time_minutes: Optional[float] = None
+    # a wall-clock budget for the whole run that the schedule follows (dekr/budget.py); with
+    # it, max_epochs is the most epochs the plan may take
+    budget_minutes: Optional[float] = None
+    max_time_minutes: Optional[float] = None  # Lightning's hard stop: a safety net
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1

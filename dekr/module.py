@@ -52,14 +52,19 @@ def lr_factor(
     *,
     schedule: str,
     max_epochs: int,
-    milestones: list[int],
+    milestones: Sequence[float],
     gamma: float,
     warmup_epochs: float,
 ) -> float:
-    """Learning-rate multiplier at fractional ``epoch`` (linear warm-up, then the schedule)."""
+    """Learning-rate multiplier at fractional ``epoch`` (linear warm-up, then the schedule).
+
+    ``milestones`` are epochs, or fractions of the run (all in (0, 1)) of ``max_epochs``, as a
+    time-budget run needs (its epochs are planned: dekr/budget.py)."""
     if warmup_epochs > 0 and epoch < warmup_epochs:
         return (epoch + 1e-3) / warmup_epochs
     if schedule == "multistep":
+        if milestones and all(0 < m < 1 for m in milestones):
+            milestones = [m * max_epochs for m in milestones]
         return gamma ** sum(epoch >= m for m in milestones)
     if schedule == "cosine":
         span = max(max_epochs - warmup_epochs, 1e-6)
@@ -130,6 +135,9 @@ class DekrModule(pl.LightningModule):
         self._epoch_images = 0
         self.last_validated_step = -1
         self._fit_start: Optional[float] = None
+        # the schedule's length in epochs when a time budget plans it (dekr/budget.py);
+        # None: trainer.max_epochs
+        self.schedule_epochs: Optional[int] = None
 
     @classmethod
     def from_recipe(
@@ -322,15 +330,16 @@ class DekrModule(pl.LightningModule):
         per_epoch = steps / epochs
         kwargs = dict(
             schedule=o.schedule,
-            max_epochs=epochs,
             milestones=list(o.milestones),
             gamma=o.gamma,
             warmup_epochs=o.warmup_epochs,
         )
-        lr_factor(0.0, **kwargs)  # validate the schedule name now
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step / per_epoch, **kwargs)
-        )
+        lr_factor(0.0, max_epochs=epochs, **kwargs)  # validate the schedule name now
+
+        def factor(step: int) -> float:  # the planned length is read at every step
+            return lr_factor(step / per_epoch, max_epochs=self.schedule_epochs or epochs, **kwargs)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

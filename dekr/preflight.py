@@ -84,7 +84,10 @@ def _scales(v: Any) -> bool:
 
 
 def _milestones(v: Any) -> bool:
-    return all(_ge(0)(m) for m in v) and list(v) == sorted(v)
+    """Epochs >= 0 in increasing order, or fractions of the run, all in (0, 1)."""
+    fractions = bool(v) and all(_num(m) and 0 < m < 1 for m in v)
+    epochs = all(_num(m) and m >= 1 for m in v) or not v
+    return (fractions or epochs) and list(v) == sorted(v)
 
 
 _COUNT, _PROB, _POS = "an integer >= 1", "a probability in [0, 1]", "a number > 0"
@@ -139,7 +142,8 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optim.weight_decay", _ge(0), "a number >= 0"),
     ("optim.schedule", lambda v: v in ("multistep", "cosine", "constant"),
      "multistep, cosine or constant"),
-    ("optim.milestones", _milestones, "epochs >= 0 in increasing order"),
+    ("optim.milestones", _milestones,
+     "epochs >= 1, or fractions of the run all in (0, 1), in increasing order"),
     ("optim.gamma", _gt(0), _POS),
     ("optim.warmup_epochs", _ge(0), "epochs >= 0"),
     ("optim.reference_batch", _ge(1), _COUNT),
@@ -147,6 +151,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optim.offset_lr_factor", _gt(0), _POS),
     ("trainer.max_epochs", lambda v: v == -1 or _ge(1)(v), f"{_COUNT} (or -1: no limit)"),
     ("trainer.max_time_minutes", _opt(_gt(0)), "minutes > 0 or null"),
+    ("trainer.budget_minutes", _opt(_gt(0)), "minutes > 0 or null"),
     ("trainer.num_nodes", _ge(1), _COUNT),
     ("trainer.accumulate_grad_batches", _ge(1), _COUNT),
     ("trainer.gradient_clip_val", _opt(_ge(0)), "a norm >= 0 or null"),
@@ -183,6 +188,7 @@ def check_values(recipe: DictConfig, *, custom_data: bool = False) -> None:
                 f"{low}={OmegaConf.select(recipe, low)} is above "
                 f"{high}={OmegaConf.select(recipe, high)}"
             )
+    _check_budget(recipe)
     resume = recipe.resume
     if resume is not None and resume != "auto" and not Path(resume).is_file():
         state = "is a folder, not a checkpoint file" if Path(resume).is_dir() else "not found"
@@ -192,6 +198,31 @@ def check_values(recipe: DictConfig, *, custom_data: bool = False) -> None:
             f"trainer.wandb_project={recipe.trainer.wandb_project!r} needs wandb, which is not "
             "installed",
             hint='pip install "dekr[wandb]", or trainer.wandb_project=null',
+        )
+
+
+def _check_budget(recipe: DictConfig) -> None:
+    """A time budget plans epochs, so the schedule's milestones must be fractions of the run,
+    the epoch cap a number and Lightning's hard stop above the budget."""
+    t, o = recipe.trainer, recipe.optim
+    if not t.budget_minutes:
+        return
+    if o.schedule == "multistep" and any(m >= 1 for m in o.milestones):
+        raise RecipeError(
+            f"optim.milestones={list(o.milestones)} are epochs, but with trainer.budget_minutes="
+            f"{t.budget_minutes:g} the number of epochs is planned from the measured speed",
+            hint="give them as fractions of the run, e.g. optim.milestones=[0.64,0.86]",
+        )
+    if t.max_epochs == -1:
+        raise RecipeError(
+            "trainer.max_epochs=-1: with trainer.budget_minutes it is the most epochs the plan "
+            "may take; give a number"
+        )
+    if t.max_time_minutes is not None and t.max_time_minutes <= t.budget_minutes:
+        raise RecipeError(
+            f"trainer.max_time_minutes={t.max_time_minutes:g} stops the run before its budget "
+            f"trainer.budget_minutes={t.budget_minutes:g} ends; it is a safety net above it "
+            "(null: 1.5 x the budget + 1 minute)"
         )
 
 

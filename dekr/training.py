@@ -22,8 +22,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch.utils.data import Dataset, Subset
 
+from dekr import budget as time_budget
 from dekr.binding import section_kwargs, target_kwargs, trainer_kwargs
-from dekr.callbacks import RNGStateCallback
+from dekr.budget import TimeBudget
+from dekr.callbacks import RNGStateCallback, ValidationReport
 from dekr.config import import_target, recipe_from_dict
 from dekr.data.coco import COCOKeypoints
 from dekr.data.datamodule import DekrDataModule, TrainSampleTransform
@@ -164,7 +166,9 @@ class RecipeDataModule(DekrDataModule):
         from dekr.data.synthetic import ensure_synthetic_splits
 
         return ensure_synthetic_splits(
-            spec=self.spec, **section_kwargs(self.recipe, "data.synthetic")
+            spec=self.spec,
+            progress=is_rank_zero(),
+            **section_kwargs(self.recipe, "data.synthetic"),
         )
 
     def prepare_data(self) -> None:
@@ -280,11 +284,18 @@ def _naming(key: str) -> Iterator[None]:
 
 
 def build_trainer(
-    recipe: DictConfig, output_dir: Path, extra_callbacks: Sequence[Any] = (), **extra: Any
+    recipe: DictConfig,
+    output_dir: Path,
+    extra_callbacks: Sequence[Any] = (),
+    started: Optional[float] = None,
+    **extra: Any,
 ) -> pl.Trainer:
     """The recipe's Trainer (settings bound by :func:`dekr.binding.trainer_kwargs`), with the
-    run's checkpoints, loggers and progress bar, and ``extra_callbacks`` after them."""
+    run's checkpoints, loggers, progress bar, console lines and time budget
+    (``trainer.budget_minutes``, counted from ``started``: :func:`dekr.budget.now` at the start
+    of the command), and ``extra_callbacks`` after them."""
     t = recipe.trainer
+    started = time_budget.now() if started is None else started
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=output_dir / "checkpoints",
@@ -306,7 +317,10 @@ def build_trainer(
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)),
         RNGStateCallback(),  # resumed runs continue the random streams (dekr/callbacks.py)
+        ValidationReport(started),
     ]
+    if t.budget_minutes:
+        callbacks.append(TimeBudget(t.budget_minutes, started=started))
     if recipe.optim.ema_decay:
         from pytorch_lightning.callbacks import EMAWeightAveraging
 
@@ -333,7 +347,7 @@ def build_trainer(
             logger=loggers,
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(output_dir),
-            **extra,
+            **{"enable_model_summary": False, **extra},  # one line instead: train()
         )
     return trainer
 
@@ -430,6 +444,7 @@ def train(
     val_dataset: Optional[Dataset] = None,
     callbacks: Sequence[Any] = (),
     overwrite: bool = False,
+    started: Optional[float] = None,
 ) -> dict[str, Any]:
     """Train from a recipe; returns the final validation metrics and the checkpoint paths.
 
@@ -442,23 +457,29 @@ def train(
         overwrite: replace the run in a non-empty ``output_dir`` (its recipe, keypoints,
             checkpoints and logs are removed once every check has passed). Without it such a
             folder is an :class:`~dekr.errors.OutputDirError` unless ``resume`` continues it.
+        started: :func:`dekr.budget.now` when the command started; a time budget
+            (``trainer.budget_minutes``) and the console's minutes count from it (default: now).
 
     Everything is checked first (recipe values, keypoint spec, devices, output folder, data,
     optimizer steps per epoch, weights and the resume checkpoint: dekr/preflight.py); a failure
     raises a :class:`~dekr.errors.UserError` before anything is printed or written. Prints the
     final validation AP as a last line ``AP <value>`` (rank 0).
     """
+    started = time_budget.now() if started is None else started
     recipe = recipe_from_dict(recipe) if not isinstance(recipe, DictConfig) else recipe
     if spec is not None:
         recipe = recipe_from_dict(recipe, [])
         recipe.keypoints = spec.to_dict()
     output_dir = Path(recipe.output_dir)
     spec, datamodule, module, ckpt_path = _prepare(recipe, train_dataset, val_dataset, overwrite)
-    trainer = build_trainer(recipe, output_dir, callbacks)
+    trainer = build_trainer(recipe, output_dir, callbacks, started=started)
     if trainer.is_global_zero:
         if overwrite:
             clear_run(output_dir)
         _save_run_files(recipe, spec, output_dir)
+        params = sum(p.numel() for p in module.model.parameters())
+        print(f"model {recipe.model.backbone} + DEKR heads: {params / 1e6:.2f} M parameters, "
+              f"K={spec.num_keypoints} keypoints; run folder {output_dir}")  # fmt: skip
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if module.last_validated_step != trainer.global_step:  # the final weights were not validated
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -469,16 +490,42 @@ def train(
     }
     ckpt_dir = output_dir / "checkpoints"
     if trainer.is_global_zero:
-        if module.evaluator is not None:
-            print(module.evaluator.summary())
-        last = ckpt_dir / "last.ckpt"
-        if last.is_file():
-            print(f"checkpoint: {last}")
-            print(f"predict with: dekr-predict {last} IMAGE_OR_FOLDER --out predictions")
-        else:  # e.g. stopped by trainer.max_time_minutes before the first epoch ended
-            print("no checkpoint was written (the run ended before its first epoch did)")
-        print(f"AP {metrics.get('AP', float('nan')):.4f}")
+        _closing_lines(trainer, module, ckpt_dir, metrics, started)
     return {"metrics": metrics, "last": ckpt_dir / "last.ckpt", "best": ckpt_dir / "best.ckpt"}
+
+
+def _closing_lines(
+    trainer: pl.Trainer,
+    module: DekrModule,
+    ckpt_dir: Path,
+    metrics: dict[str, float],
+    started: float,
+) -> None:
+    """The run's last lines: the metrics table, the checkpoints (the best one with its epoch),
+    a budget run's plan to pin, and the final AP once, as the very last line ``AP <value>``."""
+    if module.evaluator is not None:
+        table = module.evaluator.summary()
+        print(table.rsplit("\n", 1)[0])  # without its own AP line: printed once, below
+    last = ckpt_dir / "last.ckpt"
+    report = next((c for c in trainer.callbacks if isinstance(c, ValidationReport)), None)
+    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+    if last.is_file():
+        best = ckpt_dir / "best.ckpt"
+        if best.is_file() and report is not None and report.best is not None:
+            ap, epoch = report.best
+            print(f"best checkpoint: {best} (epoch {epoch}, AP {ap:.4f})")
+        print(f"last checkpoint: {last} (epoch {trainer.current_epoch})")
+        print(f"predict with: dekr-predict {last} IMAGE_OR_FOLDER --out predictions")
+    else:  # e.g. stopped by trainer.max_time_minutes before the first epoch ended
+        print("no checkpoint was written (the run ended before its first epoch did)")
+    minutes = (time_budget.now() - started) / 60
+    if budget is not None and budget.plan is not None:
+        print(
+            f"budget {budget.minutes:g} min: {trainer.current_epoch} epochs in {minutes:.1f} min; "
+            f"to pin this plan: trainer.budget_minutes=null "
+            f"trainer.max_epochs={budget.plan.epochs}"
+        )
+    print(f"AP {metrics.get('AP', float('nan')):.4f}")
 
 
 def evaluate(
@@ -500,7 +547,7 @@ def evaluate(
             callbacks=[TQDMProgressBar()],
         )
     trainer.validate(module, datamodule=datamodule, verbose=False)
-    print(module.evaluator.summary())
+    print(module.evaluator.summary().rsplit("\n", 1)[0])  # the AP line is the command's last
     out = results or Path(checkpoint).with_name("results.json")
     module.evaluator.write_results(out)
     print(f"results: {out}")

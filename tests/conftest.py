@@ -44,6 +44,7 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
         "data.pin_memory": False,
         "trainer.max_epochs": 1,
         "trainer.max_time_minutes": None,
+        "trainer.budget_minutes": None,
         "trainer.check_val_every_n_epoch": 1,
         "trainer.log_every_n_steps": 1,
         "trainer.benchmark": False,

@@ -164,7 +164,7 @@ CASES: list[Case] = [
     ("lr_zero", "train", lambda w: train(w, "optim.lr=0"), ["optim.lr=0"]),
     ("optimizer", "train", lambda w: train(w, "optim.name=sgdd"), ["optim.name='sgdd'", "adam"]),
     ("schedule", "train", lambda w: train(w, "optim.schedule=linear"), ["optim.schedule='linear'"]),
-    ("milestones", "train", lambda w: train(w, "optim.milestones=[9,3]"), ["optim.milestones=[9, 3]"]),
+    ("milestones", "train", lambda w: train(w, "optim.milestones=[9,3]"), ["optim.milestones=[9.0, 3.0]"]),
     ("ema_decay", "train", lambda w: train(w, "optim.ema_decay=1.5"), ["optim.ema_decay=1.5"]),
     ("scales", "train", lambda w: train(w, "decode.scales=[2.0]"), ["decode.scales=[2.0]", "1.0"]),
     ("scale_order", "train", lambda w: train(w, "augment.min_scale=2", "augment.max_scale=1"),

@@ -288,7 +288,7 @@ def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
     lr = module.recipe.optim.lr
     assert module.effective_lr() == lr  # no trainer attached: nothing to scale by
     ckpt = torch.load(result["last"], weights_only=True)
-    # the optimiser was built with the trainer's global batch: batch x world x accumulate / reference
+    # the optimiser was built with the global batch: batch x world x accumulate / reference
     scaled = lr * 4 * 1 * 2 / 40
     base_lrs = ckpt["lr_schedulers"][0]["base_lrs"]
     factor = module.recipe.optim.offset_lr_factor

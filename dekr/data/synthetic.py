@@ -30,8 +30,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,7 @@ def generate_synthetic_dataset(
     seed: int = 0,
     split_name: str = "train",
     options: SceneOptions | None = None,
+    progress: Callable[[int], Any] | None = None,
     **knobs: Any,
 ) -> Path:
     """Write one split: ``root/images/<split_name>/*.jpg`` and ``root/annotations/<split>.json``.
@@ -210,6 +213,7 @@ def generate_synthetic_dataset(
         seed: random seed; mixed with ``split_name``, so splits with one seed differ.
         split_name: split folder and JSON name.
         options: scene difficulty knobs (default :class:`SceneOptions`).
+        progress: called with 1 after each image (e.g. a tqdm bar's ``update``).
         **knobs: overrides of single :class:`SceneOptions` fields, e.g. ``max_people=8``.
 
     Returns:
@@ -235,6 +239,8 @@ def generate_synthetic_dataset(
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": 1, **ann})  # fmt: skip
+        if progress is not None:
+            progress(1)
     data = {
         "info": {
             "description": "dekr synthetic keypoints",
@@ -311,6 +317,7 @@ def ensure_synthetic_splits(
     size: int | tuple[int, int] = 256,
     seed: int = 0,
     options: SceneOptions | None = None,
+    progress: bool = False,
     **knobs: Any,
 ) -> dict[str, Path]:
     """Train and val splits under ``root``, generated only when missing or stale.
@@ -325,6 +332,7 @@ def ensure_synthetic_splits(
             ``(h, w)`` or an int).
         train_images: images in the ``train`` split.
         val_images: images in the ``val`` split.
+        progress: say on stdout that the data is being generated, with a progress bar.
 
     Returns:
         ``{"train": json_path, "val": json_path}``.
@@ -344,13 +352,25 @@ def ensure_synthetic_splits(
         return paths
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{uuid.uuid4().hex[:8]}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(counts.values())
+        print(f"generating the synthetic dataset in {root}: {counts['train']} train + "
+              f"{counts['val']} val images of {size.h}x{size.w} (once; later runs reuse it)",
+              flush=True)  # fmt: skip
+        bar = tqdm(total=total, unit="image", file=sys.stdout, dynamic_ncols=True)
     try:
         for split, n in counts.items():
-            generate_synthetic_dataset(tmp, spec=spec, num_images=n, size=size,
-                                       seed=seed, split_name=split, options=options)  # fmt: skip
+            generate_synthetic_dataset(tmp, spec=spec, num_images=n, size=size, seed=seed,
+                                       split_name=split, options=options,
+                                       progress=bar.update if bar else None)  # fmt: skip
         manifest = {"hash": digest, "params": params}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _swap_in(tmp, root)
     finally:
+        if bar is not None:
+            bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return paths

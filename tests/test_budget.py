@@ -1,0 +1,150 @@
+"""The time budget (trainer.budget_minutes): the plan's arithmetic, and whole runs on a fake
+clock, where every training batch costs one second and every validation batch half a second."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import REPO, tiny_overrides
+
+import dekr.budget
+from dekr.budget import Plan, TimeBudget, plan_epochs
+from dekr.config import load_recipe
+from dekr.errors import RecipeError
+from dekr.module import lr_factor
+from dekr.preflight import check_values
+from dekr.training import train
+
+
+# ------------------------------------------------------------------ the plan
+def test_plan_fits_training_and_validations() -> None:
+    # 10 s epochs, 4 s validations every 2 epochs and after the last; 100 s left, 0.5 epoch done
+    kw = dict(done_epochs=0.5, epoch_s=10.0, val_s=4.0, val_every=2, max_epochs=50)
+    epochs = plan_epochs(remaining_s=100.0, **kw)
+    # 8 epochs: 75 s of training + validations after 2, 4, 6 and 8 (16 s) = 91 s;
+    # 9 epochs: 85 s + validations after 2, 4, 6, 8 and 9 (20 s) = 105 s
+    assert epochs == 8
+    assert plan_epochs(remaining_s=91.0, **kw) == 8
+    assert plan_epochs(remaining_s=90.9, **kw) == 7
+    assert plan_epochs(remaining_s=1e6, **kw) == 50  # the cap
+    assert plan_epochs(remaining_s=-5.0, **kw) == 1  # the epoch under way always ends
+
+
+def test_plan_without_periodic_validation() -> None:
+    kw = dict(done_epochs=2.0, epoch_s=10.0, val_s=5.0, val_every=None, max_epochs=20)
+    assert plan_epochs(remaining_s=35.0, **kw) == 5  # 3 more epochs and the final validation
+
+
+def test_milestones_as_fractions_follow_the_plan() -> None:
+    kw = dict(schedule="multistep", milestones=[0.5, 0.75], gamma=0.1, warmup_epochs=0.0)
+    assert lr_factor(4.9, max_epochs=10, **kw) == 1.0
+    assert lr_factor(5.0, max_epochs=10, **kw) == pytest.approx(0.1)
+    assert lr_factor(7.5, max_epochs=10, **kw) == pytest.approx(0.01)
+    assert lr_factor(3.0, max_epochs=6, **kw) == pytest.approx(0.1)  # a shorter plan
+    epochs = dict(kw, milestones=[5, 8])
+    assert lr_factor(5.0, max_epochs=100, **epochs) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["optim.schedule=multistep", "optim.milestones=[90,120]"], "are epochs, but with"),
+        (["trainer.max_time_minutes=4"], "safety net"),
+        (["trainer.max_epochs=-1"], "most epochs the plan"),
+        (["trainer.budget_minutes=0"], "trainer.budget_minutes=0"),
+        (["optim.milestones=[0.5,3]"], "optim.milestones"),
+    ],
+)
+def test_budget_recipe_errors(overrides: list[str], match: str) -> None:
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                         ["trainer.budget_minutes=5", *overrides])  # fmt: skip
+    with pytest.raises(RecipeError, match=match):
+        check_values(recipe)
+
+
+def test_plan_is_saved_and_a_resume_keeps_it() -> None:
+    budget = TimeBudget(5, started=0.0)
+    budget.plan = Plan(epochs=7, images_per_s=40.0, step_s=0.2, val_s=3.0, budget_minutes=5)
+    resumed = TimeBudget(5, started=100.0)
+    resumed.load_state_dict(budget.state_dict())
+    assert resumed.plan == budget.plan and resumed.resumed
+
+
+# ------------------------------------------------------------------ runs on a fake clock
+class FakeClock(pl.Callback):
+    """The budget's clock: 1 s per training batch, 0.5 s per validation batch, 0 otherwise.
+    Time passes in the batch-start hooks, which run after the budget's own (callbacks given to
+    train() come after the run's): to the budget, the time passes during the batch."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.lrs: list[float] = []
+        self.validated_epochs: list[int] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.t += 1.0
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.t += 0.5
+
+    def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.state.fn == "fit":
+            self.validated_epochs.append(trainer.current_epoch)
+
+
+def _budget_run(root: Path, out: Path, minutes: float, monkeypatch: pytest.MonkeyPatch) -> dict:
+    clock = FakeClock()
+    monkeypatch.setattr(dekr.budget, "now", clock.now)
+    recipe = load_recipe(
+        REPO / "recipes" / "quickstart.yaml",
+        tiny_overrides(root, out, **{
+            "trainer.budget_minutes": minutes,
+            "trainer.max_epochs": 30,
+            "trainer.check_val_every_n_epoch": 3,
+            "optim.warmup_epochs": 0.5,
+        }),
+    )  # fmt: skip
+    # 4 val images, batch 2: 1 s per validation
+    result = train(recipe, callbacks=[clock], started=0.0)
+    ckpt = torch.load(result["last"], weights_only=True)
+    return {"clock": clock, "result": result, "ckpt": ckpt, "lr": recipe.optim.lr}
+
+
+def test_half_the_time_still_completes_and_validates(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    runs = {}
+    for minutes in (0.2, 0.1):  # 12 s and 6 s of fake time
+        runs[minutes] = run = _budget_run(synthetic_root, tmp_path / str(minutes), minutes,
+                                          monkeypatch)  # fmt: skip
+        clock, ckpt = run["clock"], run["ckpt"]
+        plan = ckpt["callbacks"]["TimeBudget"]["plan"]
+        epochs = ckpt["epoch"] + 1
+        assert epochs == plan["epochs"], (epochs, plan)
+        assert clock.t <= minutes * 60, (clock.t, plan)
+        # the schedule was laid over the plan, not over trainer.max_epochs (30): the last step's
+        # learning rate is the cosine's at the last step of the planned epochs
+        per_epoch = len(clock.lrs) // epochs
+        cosine = dict(schedule="cosine", milestones=[], gamma=0.1, warmup_epochs=0.5)
+        last = (len(clock.lrs) - 1) / per_epoch
+        assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(last, max_epochs=epochs,
+                                                                    **cosine))  # fmt: skip
+        assert clock.lrs[-1] < 0.5 * run["lr"] * lr_factor(last, max_epochs=30, **cosine)
+        # the last planned epoch validated inside fit (best.ckpt can be the final weights)
+        assert clock.validated_epochs[-1] == epochs - 1
+        assert math.isfinite(run["result"]["metrics"]["AP"])
+    out = capsys.readouterr().out
+    assert "budget 0.2 min: about" in out and "budget 0.1 min: about" in out
+    assert "to pin this plan: trainer.budget_minutes=null trainer.max_epochs=" in out
+    full, half = (runs[m]["ckpt"]["epoch"] + 1 for m in (0.2, 0.1))
+    assert half < full  # fewer epochs, each run a finished schedule
+    assert runs[0.1]["clock"].t > 0.6 * 6  # and the shorter budget was used, not wasted
