@@ -2,19 +2,21 @@
 
 A budget covers a whole run: from the moment ``dekr-train`` starts (start-up and synthetic data
 generation included) to the final validation's AP line. :class:`TimeBudget` measures the
-seconds per optimizer step after a short warm-up and the seconds per validation image on a few
-validation samples, and plans the number of epochs that fit in what is left of the budget. The
-learning-rate schedule (:func:`dekr.module.lr_factor`: warm-up, cosine, or milestones given as
-fractions of the run) is laid over the planned epochs, so that a slow or busy machine gets fewer
-epochs of a *finished* schedule, never a schedule cut in the middle; the last planned epoch
-always validates.
+seconds per training batch after a short warm-up and the seconds per validation image on a few
+validation samples, and plans the number of training batches that fit in what is left of the
+budget, validations included. The learning-rate schedule (:func:`dekr.module.lr_factor`:
+warm-up, cosine, or milestones given as fractions of the run) is laid over the planned length,
+so that a slow or busy machine gets a shorter run of a *finished* schedule, never a schedule cut
+in the middle. The run stops at the planned batch, which may fall inside an epoch, and validates
+there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is written then too.
 
 The plan is re-checked at every epoch end with the measured epoch and validation times: in the
 first half of the plan it may grow or shrink, after that only shrink (so that the learning rate
-never rises again late in a cosine). ``trainer.max_epochs`` is the most epochs a plan may take.
-Under DDP, rank 0 decides and the plan is broadcast. The plan is saved in checkpoints: a resumed
-run continues the same plan and does not re-plan. Lightning's ``max_time`` stays a safety net
-above the budget (``trainer.max_time_minutes``).
+never rises again late in a cosine). ``trainer.max_epochs`` bounds the plan. Under DDP, rank 0
+decides and the plan is broadcast. The plan is saved in checkpoints: a resumed run continues the
+same plan and does not re-plan. Lightning's ``max_time`` stays a safety net above the budget
+(``trainer.max_time_minutes``). A run that should be repeated exactly pins the plan it printed
+(``trainer.budget_minutes=null trainer.max_steps=N``).
 
 Times come from :func:`now` (``time.monotonic``), which tests replace by a fake clock.
 """
@@ -29,7 +31,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
-__all__ = ["TimeBudget", "Plan", "plan_epochs", "now"]
+__all__ = ["TimeBudget", "Plan", "plan_batches", "now"]
 
 
 def now() -> float:
@@ -41,40 +43,51 @@ def now() -> float:
 class Plan:
     """How a budget run is laid out; saved in checkpoints."""
 
-    epochs: int  # planned epochs (the schedule's length)
+    batches: int  # planned training batches (the schedule's length)
+    per_epoch: int  # training batches per epoch
     images_per_s: float  # training throughput the plan assumes
     step_s: float  # seconds per training batch
     val_s: float  # seconds per validation pass
     budget_minutes: float
 
+    @property
+    def epochs(self) -> float:
+        return self.batches / self.per_epoch
 
-def plan_epochs(
+
+def plan_batches(
     *,
     remaining_s: float,
-    done_epochs: float,
-    epoch_s: float,
+    done: int,
+    per_epoch: int,
+    step_s: float,
     val_s: float,
     val_every: Optional[int],
-    max_epochs: int,
+    max_batches: int,
 ) -> int:
-    """The most epochs ``E`` (``done_epochs`` < ``E`` ≤ ``max_epochs``, at least the current
-    one) whose remaining training, ``epoch_s`` per epoch, and validations, ``val_s`` each (every
-    ``val_every`` epochs and after the last), fit in ``remaining_s`` seconds."""
-    current = int(math.floor(done_epochs)) + 1  # the epoch under way must end
-    best = min(current, max_epochs)
-    validated = int(math.floor(done_epochs)) // val_every if val_every else 0
-    for epochs in range(current, max_epochs + 1):
-        validations = (epochs // val_every if val_every else 0) - validated
-        if not val_every or epochs % val_every:
-            validations += 1  # the last epoch always validates
-        if (epochs - done_epochs) * epoch_s + validations * val_s > remaining_s:
+    """The most training batches ``N`` (``done`` < ``N`` ≤ ``max_batches``) whose remaining
+    batches, ``step_s`` each, and validations, ``val_s`` each (at the ends of every
+    ``val_every``-th epoch and once at ``N``), fit in ``remaining_s`` seconds; at least
+    ``done + 1``: the run stops, validated, as soon as it can."""
+
+    def periodic(n: int) -> int:  # epoch-end validations after batch `done`, up to batch n
+        if not val_every:
+            return 0
+        every = val_every * per_epoch
+        return n // every - done // every
+
+    best = min(done + 1, max_batches)
+    for total in range(done + 1, max_batches + 1):
+        final = 0 if val_every and total % (val_every * per_epoch) == 0 else 1
+        cost = (total - done) * step_s + (periodic(total) + final) * val_s
+        if cost > remaining_s:
             break
-        best = epochs
+        best = total
     return best
 
 
 class TimeBudget(pl.Callback):
-    """Plan a run's epochs so that it ends, validated, within ``minutes`` of ``started``.
+    """Plan a run's length so that it ends, validated, within ``minutes`` of ``started``.
 
     Args:
         minutes: the budget.
@@ -94,7 +107,7 @@ class TimeBudget(pl.Callback):
         warmup_batches: int = 3,
         measure_batches: int = 10,
         val_samples: int = 2,
-        margin: float = 0.04,
+        margin: float = 0.03,
     ) -> None:
         self.minutes = float(minutes)
         self.started = now() if started is None else float(started)
@@ -103,13 +116,13 @@ class TimeBudget(pl.Callback):
         self.plan: Optional[Plan] = None
         self.resumed = False
         self._val_every: Optional[int] = None
-        self._batches = 0
-        self._t0: Optional[float] = None
+        self._max_batches = 1
+        self._batches = 0  # batches seen before the first plan
         self._timed_from = 0
-        self._cap = 1
+        self._t0: Optional[float] = None
         self._epoch_t0: Optional[float] = None
         self._val_t0: Optional[float] = None
-        self._last_epoch_s: Optional[float] = None
+        self._val_in_epoch = 0.0
 
     # ------------------------------------------------------------------ state
     @property
@@ -125,16 +138,22 @@ class TimeBudget(pl.Callback):
             self.resumed = True
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def budget_s(self) -> float:
-        return self.minutes * 60
-
     def _remaining_s(self) -> float:
-        return self.budget_s * (1 - self.margin) - (now() - self.started)
+        return self.minutes * 60 * (1 - self.margin) - (now() - self.started)
 
-    def _apply(self, trainer: pl.Trainer, module: pl.LightningModule, epochs: int) -> None:
-        trainer.fit_loop.max_epochs = epochs
-        module.schedule_epochs = epochs  # read by the module's learning-rate schedule
+    def _apply(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        plan = self.plan
+        assert plan is not None
+        trainer.fit_loop.max_epochs = math.ceil(plan.epochs)
+        module.schedule_epochs = plan.epochs  # read by the module's learning-rate schedule
+        for config in trainer.lr_scheduler_configs:  # the next step's rate: the plan's already
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                step = scheduler.last_epoch
+                for group, base, fn in zip(
+                    scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+                ):
+                    group["lr"] = base * fn(step)
 
     def _say(self, trainer: pl.Trainer, text: str) -> None:
         if trainer.is_global_zero:
@@ -167,26 +186,50 @@ class TimeBudget(pl.Callback):
             total = int(total * limit)
         return per_image * total / max(trainer.world_size, 1)
 
-    def _decide(self, trainer: pl.Trainer, epochs: int) -> int:
-        return int(trainer.strategy.broadcast(epochs, src=0))
+    def _done(self, trainer: pl.Trainer, per_epoch: int, in_epoch: int) -> int:
+        return trainer.current_epoch * per_epoch + in_epoch
+
+    def _plan(self, trainer: pl.Trainer, done: int, step_s: float, val_s: float) -> int:
+        per_epoch = int(trainer.num_training_batches)
+        batches = plan_batches(
+            remaining_s=self._remaining_s(),
+            done=done,
+            per_epoch=per_epoch,
+            step_s=step_s,
+            val_s=val_s,
+            val_every=self._val_every,
+            max_batches=self._max_batches,
+        )
+        return int(trainer.strategy.broadcast(batches, src=0))  # rank 0 decides
+
+    def _describe(self) -> str:
+        plan = self.plan
+        assert plan is not None
+        return (
+            f"about {plan.epochs:.1f} epochs ({plan.batches} batches) at "
+            f"{plan.images_per_s:.1f} images/s"
+        )
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_every = trainer.check_val_every_n_epoch
-        self._cap = int(trainer.max_epochs or 1)
+        per_epoch = int(trainer.num_training_batches)
+        self._max_batches = max(int(trainer.max_epochs or 1), 1) * per_epoch
         if self.plan is not None:  # resumed: the same plan, not a new one
-            self._apply(trainer, pl_module, self.plan.epochs)
-            self._say(trainer, f"budget {self.minutes:g} min: resuming the plan of "
-                               f"{self.plan.epochs} epochs")  # fmt: skip
+            self._apply(trainer, pl_module)
+            plan = self.plan
+            self._say(trainer, f"budget {self.minutes:g} min: continuing the plan of "
+                               f"{plan.batches} batches ({plan.epochs:.1f} epochs)")  # fmt: skip
         else:
-            pl_module.schedule_epochs = self._cap  # until the first plan
+            pl_module.schedule_epochs = trainer.max_epochs  # until the first plan
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_t0 = now()
-        if self.plan is not None and trainer.current_epoch == self.plan.epochs - 1:
-            trainer.check_val_every_n_epoch = 1  # the last planned epoch validates
-        elif self._val_every is not None:
-            trainer.check_val_every_n_epoch = self._val_every
+        self._epoch_t0, self._val_in_epoch = now(), 0.0
+
+    def _warmup(self, trainer: pl.Trainer) -> int:
+        """Untimed batches: ``warmup_batches``, but at least one batch of the first epoch is
+        timed."""
+        return max(min(self.warmup_batches, int(trainer.num_training_batches) - 1), 0)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -194,95 +237,63 @@ class TimeBudget(pl.Callback):
         if self.plan is None and self._t0 is None and self._batches >= self._warmup(trainer):
             self._t0, self._timed_from = now(), self._batches
 
-    def _warmup(self, trainer: pl.Trainer) -> int:
-        """Untimed batches: ``warmup_batches``, but at least one batch of the first epoch is
-        timed."""
-        return max(min(self.warmup_batches, int(trainer.num_training_batches) - 1), 0)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        if self.plan is not None:
-            return
-        self._batches += 1
         per_epoch = int(trainer.num_training_batches)
-        if self._t0 is None:
-            return
-        timed = self._batches - self._timed_from
         in_epoch = int(args[-1]) + 1 if args else per_epoch  # batches of this epoch done
-        if timed < self.measure_batches and in_epoch < per_epoch:
-            return  # measure on, up to the end of the epoch
-        step_s = (now() - self._t0) / timed
-        val_s = self._val_pass_s(trainer, pl_module)
-        batch = getattr(trainer.datamodule, "batch_size", None) or 1
-        done = trainer.current_epoch + in_epoch / per_epoch
-        epochs = plan_epochs(
-            remaining_s=self._remaining_s(),
-            done_epochs=done,
-            epoch_s=step_s * per_epoch,
-            val_s=val_s,
-            val_every=self._val_every,
-            max_epochs=self._cap,
-        )
-        epochs = self._decide(trainer, epochs)
-        rate = batch * trainer.world_size / max(step_s, 1e-9)
-        self.plan = Plan(epochs, rate, step_s, val_s, self.minutes)
-        self._apply(trainer, pl_module, epochs)
-        spent = (now() - self.started) / 60
-        self._say(
-            trainer,
-            f"budget {self.minutes:g} min: about {epochs} epochs at {rate:.1f} images/s "
-            f"({spent:.1f} min spent on start-up, data and the first steps; a validation "
-            f"pass about {val_s:.0f} s)",
-        )
-        if self._remaining_s() < (epochs - done) * step_s * per_epoch:
-            self._say(trainer, f"budget {self.minutes:g} min: even the epoch under way does "
-                               "not fit; it is finished and validated anyway")  # fmt: skip
-        if epochs - 1 == trainer.current_epoch:
+        done = self._done(trainer, per_epoch, in_epoch)
+        if self.plan is None:
+            self._batches += 1
+            timed = self._batches - self._timed_from
+            if self._t0 is None or (timed < self.measure_batches and in_epoch < per_epoch):
+                return  # measure on, up to the end of the first epoch
+            step_s = (now() - self._t0) / timed
+            val_s = self._val_pass_s(trainer, pl_module)
+            batches = self._plan(trainer, done, step_s, val_s)
+            batch = getattr(trainer.datamodule, "batch_size", None) or 1
+            rate = batch * trainer.world_size / max(step_s, 1e-9)
+            self.plan = Plan(batches, per_epoch, rate, step_s, val_s, self.minutes)
+            self._apply(trainer, pl_module)
+            spent = (now() - self.started) / 60
+            self._say(
+                trainer,
+                f"budget {self.minutes:g} min: {self._describe()} ({spent:.1f} min spent on "
+                f"start-up, data and the first batches; a validation pass about {val_s:.0f} s)",
+            )
+        if done >= self.plan.batches:
+            # the end of the plan: Lightning validates when asked to stop, then ends the epoch
             trainer.check_val_every_n_epoch = 1
+            trainer.should_stop = True
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_t0 = now()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plan is not None and self._val_t0 is not None and not trainer.sanity_checking:
-            self.plan.val_s = now() - self._val_t0
+        if self._val_t0 is not None and not trainer.sanity_checking:
+            seconds = now() - self._val_t0
+            self._val_in_epoch += seconds
+            if self.plan is not None:
+                self.plan.val_s = seconds
         self._val_t0 = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._epoch_t0 is not None:
-            self._last_epoch_s = now() - self._epoch_t0
-        if self.plan is None or self.resumed or self._last_epoch_s is None:
+        if self.plan is None or self.resumed or self._epoch_t0 is None:
             return
-        done = trainer.current_epoch + 1
-        if done >= self.plan.epochs:
+        per_epoch = int(trainer.num_training_batches)
+        done = (trainer.current_epoch + 1) * per_epoch
+        if done >= self.plan.batches:
             return
-        # the measured epoch time includes this epoch's validation when it had one: take it out
-        epoch_s = self._last_epoch_s
-        validated = self._val_every and done % self._val_every == 0
-        if validated and self._val_t0 is None:
-            epoch_s = max(epoch_s - self.plan.val_s, epoch_s * 0.5)
-        fit = plan_epochs(
-            remaining_s=self._remaining_s(),
-            done_epochs=done,
-            epoch_s=epoch_s,
-            val_s=self.plan.val_s,
-            val_every=self._val_every,
-            max_epochs=self._cap,
-        )
-        if done < self.plan.epochs / 2:
-            epochs = fit
-        else:
-            epochs = min(fit, self.plan.epochs)
-        epochs = self._decide(trainer, epochs)
-        if epochs != self.plan.epochs:
+        # seconds per batch over this epoch, its validations taken out
+        train_s = now() - self._epoch_t0 - self._val_in_epoch
+        step_s = max(train_s, 1e-9) / per_epoch
+        fit = self._plan(trainer, done, step_s, self.plan.val_s)
+        batches = fit if done < self.plan.batches / 2 else min(fit, self.plan.batches)
+        if batches != self.plan.batches:
+            old = self.plan.epochs
             batch = getattr(trainer.datamodule, "batch_size", None) or 1
-            self.plan.step_s = epoch_s / max(trainer.num_training_batches, 1)
-            self.plan.images_per_s = batch * trainer.world_size / self.plan.step_s
-            self._say(
-                trainer,
-                f"budget {self.minutes:g} min: re-planned from {self.plan.epochs} to {epochs} "
-                f"epochs ({self.plan.images_per_s:.1f} images/s)",
-            )
-            self.plan.epochs = epochs
-            self._apply(trainer, pl_module, epochs)
+            self.plan.batches, self.plan.step_s = batches, step_s
+            self.plan.images_per_s = batch * trainer.world_size / step_s
+            self._apply(trainer, pl_module)
+            self._say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "
+                               f"{self._describe()}")  # fmt: skip

@@ -166,6 +166,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 140  # TRAIN.END_EPOCH
+    max_steps: int = -1  # optimizer steps (-1: no limit); with it the schedule spans max_steps
     # a wall-clock budget for the whole run that the schedule follows (dekr/budget.py); with
     # it, max_epochs is the most epochs the plan may take
     budget_minutes: Optional[float] = None

@@ -137,7 +137,7 @@ class DekrModule(pl.LightningModule):
         self._fit_start: Optional[float] = None
         # the schedule's length in epochs when a time budget plans it (dekr/budget.py);
         # None: trainer.max_epochs
-        self.schedule_epochs: Optional[int] = None
+        self.schedule_epochs: Optional[float] = None
 
     @classmethod
     def from_recipe(
@@ -325,9 +325,16 @@ class DekrModule(pl.LightningModule):
             opt = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:
             raise ValueError(f"optim.name {o.name!r} unknown; expected adam, adamw or sgd")
-        steps = max(self.trainer.estimated_stepping_batches, 1)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        per_epoch = steps / epochs
+        trainer = self.trainer
+        steps = max(int(trainer.estimated_stepping_batches), 1)  # loads the train dataloader
+        per_epoch = max(
+            math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches), 1
+        )
+        if not math.isfinite(per_epoch):
+            per_epoch = steps
+        epochs: float = max(trainer.max_epochs or 1, 1)
+        if trainer.max_steps > 0:  # a pinned run length: the schedule spans max_steps
+            epochs = min(epochs, trainer.max_steps / per_epoch)
         kwargs = dict(
             schedule=o.schedule,
             milestones=list(o.milestones),

@@ -150,6 +150,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optim.ema_decay", _opt(lambda v: _num(v) and 0 < v < 1), "a decay in (0, 1) or null"),
     ("optim.offset_lr_factor", _gt(0), _POS),
     ("trainer.max_epochs", lambda v: v == -1 or _ge(1)(v), f"{_COUNT} (or -1: no limit)"),
+    ("trainer.max_steps", lambda v: v == -1 or _ge(1)(v), f"{_COUNT} (or -1: no limit)"),
     ("trainer.max_time_minutes", _opt(_gt(0)), "minutes > 0 or null"),
     ("trainer.budget_minutes", _opt(_gt(0)), "minutes > 0 or null"),
     ("trainer.num_nodes", _ge(1), _COUNT),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -520,10 +521,12 @@ def _closing_lines(
         print("no checkpoint was written (the run ended before its first epoch did)")
     minutes = (time_budget.now() - started) / 60
     if budget is not None and budget.plan is not None:
+        plan = budget.plan
+        steps = math.ceil(plan.batches / trainer.accumulate_grad_batches)
         print(
-            f"budget {budget.minutes:g} min: {trainer.current_epoch} epochs in {minutes:.1f} min; "
-            f"to pin this plan: trainer.budget_minutes=null "
-            f"trainer.max_epochs={budget.plan.epochs}"
+            f"budget {budget.minutes:g} min: {plan.epochs:.1f} epochs ({plan.batches} batches) "
+            f"in {minutes:.1f} min; to pin this plan: trainer.budget_minutes=null "
+            f"trainer.max_epochs={math.ceil(plan.epochs)} trainer.max_steps={steps}"
         )
     print(f"AP {metrics.get('AP', float('nan')):.4f}")
 

@@ -4,6 +4,7 @@ clock, where every training batch costs one second and every validation batch ha
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from conftest import REPO, tiny_overrides
 
 import dekr.budget
-from dekr.budget import Plan, TimeBudget, plan_epochs
+from dekr.budget import Plan, TimeBudget, plan_batches
 from dekr.config import load_recipe
 from dekr.errors import RecipeError
 from dekr.module import lr_factor
@@ -23,21 +24,22 @@ from dekr.training import train
 
 # ------------------------------------------------------------------ the plan
 def test_plan_fits_training_and_validations() -> None:
-    # 10 s epochs, 4 s validations every 2 epochs and after the last; 100 s left, 0.5 epoch done
-    kw = dict(done_epochs=0.5, epoch_s=10.0, val_s=4.0, val_every=2, max_epochs=50)
-    epochs = plan_epochs(remaining_s=100.0, **kw)
-    # 8 epochs: 75 s of training + validations after 2, 4, 6 and 8 (16 s) = 91 s;
-    # 9 epochs: 85 s + validations after 2, 4, 6, 8 and 9 (20 s) = 105 s
-    assert epochs == 8
-    assert plan_epochs(remaining_s=91.0, **kw) == 8
-    assert plan_epochs(remaining_s=90.9, **kw) == 7
-    assert plan_epochs(remaining_s=1e6, **kw) == 50  # the cap
-    assert plan_epochs(remaining_s=-5.0, **kw) == 1  # the epoch under way always ends
+    # 10 batches per epoch of 1 s, 4 s validations every 2 epochs and once at the end;
+    # 5 batches done, 100 s left
+    kw = dict(done=5, per_epoch=10, step_s=1.0, val_s=4.0, val_every=2, max_batches=500)
+    # 80 batches: 75 s + validations after epochs 2, 4, 6 and 8 (the end): 91 s;
+    # 81 batches: 76 s + validations after 2, 4, 6, 8 and at 81: 96 s; 85: 100 s; 86: 101 s
+    assert plan_batches(remaining_s=100.0, **kw) == 85
+    assert plan_batches(remaining_s=95.9, **kw) == 80
+    assert plan_batches(remaining_s=91.0, **kw) == 80
+    assert plan_batches(remaining_s=90.9, **kw) == 79  # 74 s + 2, 4, 6 and at 79: 90 s
+    assert plan_batches(remaining_s=1e6, **kw) == 500  # trainer.max_epochs x batches per epoch
+    assert plan_batches(remaining_s=-5.0, **kw) == 6  # over the budget: stop at the next batch
 
 
 def test_plan_without_periodic_validation() -> None:
-    kw = dict(done_epochs=2.0, epoch_s=10.0, val_s=5.0, val_every=None, max_epochs=20)
-    assert plan_epochs(remaining_s=35.0, **kw) == 5  # 3 more epochs and the final validation
+    kw = dict(done=20, per_epoch=10, step_s=1.0, val_s=5.0, val_every=None, max_batches=200)
+    assert plan_batches(remaining_s=35.0, **kw) == 50  # 30 more batches and the final validation
 
 
 def test_milestones_as_fractions_follow_the_plan() -> None:
@@ -69,7 +71,8 @@ def test_budget_recipe_errors(overrides: list[str], match: str) -> None:
 
 def test_plan_is_saved_and_a_resume_keeps_it() -> None:
     budget = TimeBudget(5, started=0.0)
-    budget.plan = Plan(epochs=7, images_per_s=40.0, step_s=0.2, val_s=3.0, budget_minutes=5)
+    budget.plan = Plan(batches=700, per_epoch=100, images_per_s=40.0, step_s=0.2, val_s=3.0,
+                       budget_minutes=5)  # fmt: skip
     resumed = TimeBudget(5, started=100.0)
     resumed.load_state_dict(budget.state_dict())
     assert resumed.plan == budget.plan and resumed.resumed
@@ -84,7 +87,7 @@ class FakeClock(pl.Callback):
     def __init__(self) -> None:
         self.t = 0.0
         self.lrs: list[float] = []
-        self.validated_epochs: list[int] = []
+        self.validated_steps: list[int] = []
 
     def now(self) -> float:
         return self.t
@@ -98,10 +101,11 @@ class FakeClock(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.state.fn == "fit":
-            self.validated_epochs.append(trainer.current_epoch)
+            self.validated_steps.append(trainer.global_step)
 
 
-def _budget_run(root: Path, out: Path, minutes: float, monkeypatch: pytest.MonkeyPatch) -> dict:
+def _budget_run(root: Path, out: Path, minutes: Any, monkeypatch: pytest.MonkeyPatch,
+                **pin: Any) -> dict:  # fmt: skip
     clock = FakeClock()
     monkeypatch.setattr(dekr.budget, "now", clock.now)
     recipe = load_recipe(
@@ -109,6 +113,7 @@ def _budget_run(root: Path, out: Path, minutes: float, monkeypatch: pytest.Monke
         tiny_overrides(root, out, **{
             "trainer.budget_minutes": minutes,
             "trainer.max_epochs": 30,
+            **pin,
             "trainer.check_val_every_n_epoch": 3,
             "optim.warmup_epochs": 0.5,
         }),
@@ -128,23 +133,29 @@ def test_half_the_time_still_completes_and_validates(
                                           monkeypatch)  # fmt: skip
         clock, ckpt = run["clock"], run["ckpt"]
         plan = ckpt["callbacks"]["TimeBudget"]["plan"]
-        epochs = ckpt["epoch"] + 1
-        assert epochs == plan["epochs"], (epochs, plan)
+        batches = len(clock.lrs)
+        assert batches == plan["batches"] == ckpt["global_step"], (batches, plan)
         assert clock.t <= minutes * 60, (clock.t, plan)
         # the schedule was laid over the plan, not over trainer.max_epochs (30): the last step's
-        # learning rate is the cosine's at the last step of the planned epochs
-        per_epoch = len(clock.lrs) // epochs
+        # learning rate is the cosine's at the last step of the planned length
         cosine = dict(schedule="cosine", milestones=[], gamma=0.1, warmup_epochs=0.5)
-        last = (len(clock.lrs) - 1) / per_epoch
-        assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(last, max_epochs=epochs,
+        last = (batches - 1) / plan["per_epoch"]
+        planned = batches / plan["per_epoch"]
+        assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(last, max_epochs=planned,
                                                                     **cosine))  # fmt: skip
         assert clock.lrs[-1] < 0.5 * run["lr"] * lr_factor(last, max_epochs=30, **cosine)
-        # the last planned epoch validated inside fit (best.ckpt can be the final weights)
-        assert clock.validated_epochs[-1] == epochs - 1
+        # the run validated after its last batch, inside fit (best.ckpt sees the final weights)
+        assert clock.validated_steps[-1] == batches
         assert math.isfinite(run["result"]["metrics"]["AP"])
     out = capsys.readouterr().out
     assert "budget 0.2 min: about" in out and "budget 0.1 min: about" in out
     assert "to pin this plan: trainer.budget_minutes=null trainer.max_epochs=" in out
-    full, half = (runs[m]["ckpt"]["epoch"] + 1 for m in (0.2, 0.1))
-    assert half < full  # fewer epochs, each run a finished schedule
+    full, half = (len(runs[m]["clock"].lrs) for m in (0.2, 0.1))
+    assert half < full  # a shorter run, each a finished schedule
     assert runs[0.1]["clock"].t > 0.6 * 6  # and the shorter budget was used, not wasted
+    # the printed plan, pinned, is the same schedule
+    pin = re.findall(r"budget 0.1 min: .* trainer.max_epochs=(\d+) trainer.max_steps=(\d+)", out)
+    (epochs, steps), = pin
+    pinned = _budget_run(synthetic_root, tmp_path / "pinned", None, monkeypatch,
+                         **{"trainer.max_epochs": epochs, "trainer.max_steps": steps})  # fmt: skip
+    assert pinned["clock"].lrs == pytest.approx(runs[0.1]["clock"].lrs, rel=1e-12)
