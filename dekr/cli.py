@@ -43,10 +43,8 @@ def _quiet() -> None:
     """Hide Lightning's start-up noise and the deprecation warnings of dependencies (dekr's own
     warnings stay)."""
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logger = logging.getLogger(name)
-        logger.addFilter(_DropNoise())
-        for child in ("utilities.rank_zero",):
-            logging.getLogger(f"{name}.{child}").addFilter(_DropNoise())
+        for logger in (name, f"{name}.utilities.rank_zero"):  # filters do not propagate
+            logging.getLogger(logger).addFilter(_DropNoise())
     for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
         warnings.filterwarnings("default", category=category, module=r"dekr(\.|$)")

@@ -327,12 +327,12 @@ class DekrModule(pl.LightningModule):
             raise ValueError(f"optim.name {o.name!r} unknown; expected adam, adamw or sgd")
         trainer = self.trainer
         steps = max(int(trainer.estimated_stepping_batches), 1)  # loads the train dataloader
-        per_epoch = max(
-            math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches), 1
-        )
-        if not math.isfinite(per_epoch):
-            per_epoch = steps
         epochs: float = max(trainer.max_epochs or 1, 1)
+        batches = trainer.num_training_batches
+        if math.isfinite(batches):
+            per_epoch: float = max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
+        else:  # an iterable dataset without a length: Lightning's estimate
+            per_epoch = steps / epochs
         if trainer.max_steps > 0:  # a pinned run length: the schedule spans max_steps
             epochs = min(epochs, trainer.max_steps / per_epoch)
         kwargs = dict(
