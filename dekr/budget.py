@@ -31,12 +31,19 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
-__all__ = ["TimeBudget", "Plan", "plan_batches", "now"]
+__all__ = ["TimeBudget", "Plan", "plan_batches", "now", "say"]
 
 
 def now() -> float:
     """The budget's clock, in seconds (monotonic)."""
     return time.monotonic()
+
+
+def say(trainer: pl.Trainer, text: str) -> None:
+    """A console line from rank 0 that does not break the progress bar."""
+    if trainer.is_global_zero:
+        bar = trainer.progress_bar_callback
+        (bar.print if bar is not None else print)(text)
 
 
 @dataclass
@@ -155,11 +162,6 @@ class TimeBudget(pl.Callback):
                 ):
                     group["lr"] = base * fn(step)
 
-    def _say(self, trainer: pl.Trainer, text: str) -> None:
-        if trainer.is_global_zero:
-            bar = trainer.progress_bar_callback
-            (bar.print if bar is not None else print)(text)
-
     def _val_pass_s(self, trainer: pl.Trainer, module: pl.LightningModule) -> float:
         """Seconds of a validation pass, from a few timed validation samples."""
         dataset = getattr(trainer.datamodule, "val_dataset", None)
@@ -218,7 +220,7 @@ class TimeBudget(pl.Callback):
         if self.plan is not None:  # resumed: the same plan, not a new one
             self._apply(trainer, pl_module)
             plan = self.plan
-            self._say(trainer, f"budget {self.minutes:g} min: continuing the plan of "
+            say(trainer, f"budget {self.minutes:g} min: continuing the plan of "
                                f"{plan.batches} batches ({plan.epochs:.1f} epochs)")  # fmt: skip
         else:
             pl_module.schedule_epochs = trainer.max_epochs  # until the first plan
@@ -256,7 +258,7 @@ class TimeBudget(pl.Callback):
             self.plan = Plan(batches, per_epoch, rate, step_s, val_s, self.minutes)
             self._apply(trainer, pl_module)
             spent = (now() - self.started) / 60
-            self._say(
+            say(
                 trainer,
                 f"budget {self.minutes:g} min: {self._describe()} ({spent:.1f} min spent on "
                 f"start-up, data and the first batches; a validation pass about {val_s:.0f} s)",
@@ -295,5 +297,5 @@ class TimeBudget(pl.Callback):
             self.plan.batches, self.plan.step_s = batches, step_s
             self.plan.images_per_s = batch * trainer.world_size / step_s
             self._apply(trainer, pl_module)
-            self._say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "
+            say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "
                                f"{self._describe()}")  # fmt: skip

@@ -23,6 +23,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from dekr import budget as time_budget
+
 __all__ = ["RNGStateCallback", "ValidationReport", "collect_rng_states", "restore_rng_states"]
 
 _KEY = "rng_states"
@@ -95,12 +97,9 @@ class ValidationReport(pl.Callback):
         ap = trainer.callback_metrics.get("val/AP")
         if ap is None:
             return
-        from dekr.budget import now
-
         fitting = trainer.state.fn == "fit"
         ap, epoch = float(ap), trainer.current_epoch + (1 if fitting else 0)
         if fitting and (self.best is None or ap > self.best[0]):
             self.best = (ap, epoch)
-        bar = trainer.progress_bar_callback
-        line = f"epoch {epoch}  {(now() - self.started) / 60:.1f} min  AP {ap:.3f}"
-        (bar.print if bar is not None else print)(line)
+        minutes = (time_budget.now() - self.started) / 60
+        time_budget.say(trainer, f"epoch {epoch}  {minutes:.1f} min  AP {ap:.3f}")

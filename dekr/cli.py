@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from dekr.errors import OptionError, OutputError, UserError
+from dekr.errors import OptionError, OutputError, UserError, first_line
 
 __all__ = ["train_main", "eval_main", "predict_main", "export_main"]
 
@@ -51,15 +51,6 @@ def _quiet() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 
 
-def _one_line(err: BaseException) -> str:
-    """The first line of an error message; for an error re-raised from a DataLoader worker
-    (``Caught X in DataLoader worker process N`` + traceback) the original error's own line."""
-    lines = [ln.strip() for ln in str(err).strip().strip('"').splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
-        return lines[-1].split(": ", 1)[-1]
-    return lines[0] if lines else type(err).__name__
-
-
 def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     if args.debug:
         return fn(args)
@@ -67,12 +58,12 @@ def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> i
     try:
         return fn(args)
     except UserError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # non-finite loss (DekrModule): the run stopped
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dekr.errors import RecipeError
+from dekr.errors import RecipeError, first_line
 
 __all__ = [
     "Recipe",
@@ -232,7 +232,7 @@ _RENAMED = {"data.synthetic.image_size": "data.synthetic.size"}
 
 def _explain(err: OmegaConfBaseException, source: str) -> RecipeError:
     key = getattr(err, "full_key", None) or ""
-    msg = str(err).splitlines()[0]
+    msg = first_line(err)
     if "not in" in msg or "Key" in msg and "not" in msg:
         options = _valid_keys(_section_type(key))
         if key in _RENAMED:
@@ -282,7 +282,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def _yaml_error(err: Exception, path: Path) -> RecipeError:
     mark = getattr(err, "problem_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    problem = getattr(err, "problem", None) or first_line(err)
     return RecipeError(f"{where}: not a valid YAML recipe: {problem}")
 
 

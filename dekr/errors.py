@@ -28,6 +28,7 @@ __all__ = [
     "OutputError",
     "OutputDirError",
     "MissingDependencyError",
+    "first_line",
 ]
 
 
@@ -86,3 +87,13 @@ class OutputDirError(OutputError, FileExistsError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional dependency a feature needs is not installed (says what to install)."""
+
+
+def first_line(err: object) -> str:
+    """The first non-empty line of an error's message (of ``str(err)``), or the error type's name
+    when the message is empty. For an error re-raised from a DataLoader worker (``Caught X in
+    DataLoader worker process N`` and the worker's traceback) it is the original error's line."""
+    lines = [ln.strip() for ln in str(err).strip().strip('"').splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(err).__name__

@@ -122,8 +122,11 @@ def _quiet_coco(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
-def format_table(metrics: dict[str, float], rules: Optional[str] = None) -> str:
-    """Two-row table of the metrics, ending with a line ``AP <value>``.
+def format_table(
+    metrics: dict[str, float], rules: Optional[str] = None, ap_line: bool = True
+) -> str:
+    """Two-row table of the metrics, ending with a line ``AP <value>`` (unless ``ap_line`` is
+    false: the commands print that line once, as their last).
 
     With ``rules`` (a key of :data:`RULES`) a first line names the rules the numbers follow.
     """
@@ -132,7 +135,7 @@ def format_table(metrics: dict[str, float], rules: Optional[str] = None) -> str:
     head = "| " + " | ".join(f"{n:>9}" for n in names) + " |"
     rule = "|" + "|".join("-" * 11 for _ in names) + "|"
     row = "| " + " | ".join(f"{metrics[n]:9.4f}" for n in names) + " |"
-    lines = [head, rule, row, f"AP {metrics.get('AP', 0.0):.4f}"]
+    lines = [head, rule, row] + [f"AP {metrics.get('AP', 0.0):.4f}"] * ap_line
     if rules is not None:
         lines.insert(0, f"Keypoint AP under {RULES[rules]}")
     return "\n".join(lines)
@@ -321,6 +324,7 @@ class COCOEvaluator:
             return {n: 0.0 for n in _STAT_NAMES}
         return dict(zip(_STAT_NAMES, map(float, self._coco_eval(gt, results, img_ids))))
 
-    def summary(self, metrics: Optional[dict[str, float]] = None) -> str:
+    def summary(self, metrics: Optional[dict[str, float]] = None, ap_line: bool = True) -> str:
         """:func:`format_table` of ``metrics`` (default: :meth:`evaluate`), naming the rules."""
-        return format_table(self.evaluate() if metrics is None else metrics, self.rules)
+        metrics = self.evaluate() if metrics is None else metrics
+        return format_table(metrics, self.rules, ap_line=ap_line)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dekr.decoder import sample_heat_values
-from dekr.errors import CheckpointError, MissingDependencyError, OptionError
+from dekr.errors import CheckpointError, MissingDependencyError, OptionError, first_line
 from dekr.maps import pool_kernel_for, suppress_non_maxima
 from dekr.models import adaptive
 
@@ -50,16 +50,28 @@ def check_format(name: str) -> str:
 
 
 def _require_onnx() -> tuple[Any, Any]:
-    """Import onnx and onnxruntime, or say how to install them."""
+    """Import onnx and onnxruntime (export), or say how to install them."""
     try:
         import onnx
-        import onnxruntime
     except ImportError as err:
         raise MissingDependencyError(
             f"ONNX export needs onnx and onnxruntime ({err}); install them with "
             "`pip install dekr[export]`"
         ) from None
-    return onnx, onnxruntime
+    return onnx, _require_onnxruntime()
+
+
+def _require_onnxruntime() -> Any:
+    """Import onnxruntime (running an exported file needs no onnx, whose import takes a second),
+    or say how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"running an ONNX file needs onnxruntime ({err}); install it with "
+            "`pip install dekr[export]`"
+        ) from None
+    return onnxruntime
 
 
 class InGraphDecoder(nn.Module):
@@ -228,7 +240,7 @@ class _ONNXSession:
     outputs: tuple[str, str] = ("heatmaps", "offsets")
 
     def __init__(self, path: Union[str, Path], *, providers: Optional[list[str]] = None) -> None:
-        _, ort = _require_onnx()
+        ort = _require_onnxruntime()
         self.path = Path(path)
         options = ort.SessionOptions()
         try:
@@ -238,8 +250,9 @@ class _ONNXSession:
         except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...)
             if not type(err).__module__.startswith("onnxruntime"):
                 raise
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise CheckpointError(f"{self.path}: onnxruntime cannot load it: {first}") from None
+            raise CheckpointError(
+                f"{self.path}: onnxruntime cannot load it: {first_line(err)}"
+            ) from None
         names = tuple(o.name for o in self.session.get_outputs())
         if names != self.outputs:
             raise CheckpointError(
@@ -318,7 +331,7 @@ def check_onnx(
     Returns:
         max |onnxruntime − torch| over all outputs (poses in input pixels for the decoder).
     """
-    _, ort = _require_onnx()
+    ort = _require_onnxruntime()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if input_size is None:

@@ -39,6 +39,7 @@ from dekr.errors import (
     RecipeError,
     SpecError,
     UserError,
+    first_line,
 )
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import load_imagenet_backbone, load_official_dekr
@@ -360,8 +361,7 @@ def _trainer_settings() -> Iterator[None]:
     try:
         yield
     except (MisconfigurationException, ValueError) as err:  # e.g. precision="16" typos
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise RecipeError(f"trainer settings: {first}") from None
+        raise RecipeError(f"trainer settings: {first_line(err)}") from None
 
 
 def _strategy(name: str, timeout_minutes: float) -> Any:
@@ -505,8 +505,7 @@ def _closing_lines(
     """The run's last lines: the metrics table, the checkpoints (the best one with its epoch),
     a budget run's plan to pin, and the final AP once, as the very last line ``AP <value>``."""
     if module.evaluator is not None:
-        table = module.evaluator.summary()
-        print(table.rsplit("\n", 1)[0])  # without its own AP line: printed once, below
+        print(module.evaluator.summary(ap_line=False))  # the AP line is printed once, below
     last = ckpt_dir / "last.ckpt"
     report = next((c for c in trainer.callbacks if isinstance(c, ValidationReport)), None)
     budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
@@ -550,7 +549,7 @@ def evaluate(
             callbacks=[TQDMProgressBar()],
         )
     trainer.validate(module, datamodule=datamodule, verbose=False)
-    print(module.evaluator.summary().rsplit("\n", 1)[0])  # the AP line is the command's last
+    print(module.evaluator.summary(ap_line=False))  # the AP line is the command's last
     out = results or Path(checkpoint).with_name("results.json")
     module.evaluator.write_results(out)
     print(f"results: {out}")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dekr.errors import CheckpointError, MissingFileError
+from dekr.errors import CheckpointError, MissingFileError, first_line
 
 __all__ = [
     "Weights",
@@ -328,7 +328,7 @@ def fetch_file(weights: Weights, *, timeout: float = 60.0) -> Path:
                 raise
             except (OSError, http.client.HTTPException, ValueError) as err:
                 reason = getattr(err, "reason", None) or str(err) or type(err).__name__
-                failures.append(f"{url} ({str(reason).strip().splitlines()[0]})")
+                failures.append(f"{url} ({first_line(reason)})")
                 continue
             _verify(weights, target)  # records the digest (hashed once more, from disk)
             return target

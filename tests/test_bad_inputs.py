@@ -27,6 +27,7 @@ from test_reliability import QUICK, _coco_argv, _coco_doc, _write_coco
 
 from dekr.cli import eval_main, export_main, predict_main, train_main
 from dekr.config import load_recipe
+from dekr.errors import first_line
 from dekr.module import DekrModule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -315,6 +316,18 @@ def test_a_bug_shows_its_traceback(monkeypatch: pytest.MonkeyPatch, capsys) -> N
     err = capsys.readouterr().err
     assert "Traceback" in err and "ValueError: an internal inconsistency" in err
     assert "internal error in dekr" in err
+
+
+def test_first_line_of_an_error() -> None:
+    """The one line a command prints: the message's first non-empty line, the type's name for an
+    empty message, and for an error a DataLoader worker re-raised, the worker error's own line."""
+    assert first_line(ValueError("\n  bad value x\nmore detail\n")) == "bad value x"
+    assert first_line(KeyError()) == "KeyError"
+    worker = RuntimeError(
+        "Caught DataError in DataLoader worker process 1.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 3, in f\ndekr.errors.DataError: b.jpg: cannot be decoded'
+    )
+    assert first_line(worker) == "b.jpg: cannot be decoded"
 
 
 def test_limit_batches_keep_lightnings_meaning(w: SimpleNamespace, tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ def _budget_run(root: Path, out: Path, minutes: Any, monkeypatch: pytest.MonkeyP
     return {"clock": clock, "result": result, "ckpt": ckpt, "lr": recipe.optim.lr}
 
 
+@pytest.mark.slow  # three fake-clock runs, 9 s
 def test_half_the_time_still_completes_and_validates(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -79,6 +79,7 @@ def test_static_export_matches_torch_and_restores_model(model3: DEKR, tmp_path: 
         check_onnx(path, model3, input_size=(128, 128))
 
 
+@pytest.mark.slow  # a dynamic 17-keypoint export
 def test_dynamic_export_two_sizes_batch_two(dynamic17: tuple[DEKR, Path]) -> None:
     model, path = dynamic17
     for size in ((128, 128), (96, 160), (100, 132)):  # the last is no multiple of 32
@@ -145,6 +146,7 @@ def test_in_graph_decoder_agrees_on_network_maps(dynamic17: tuple[DEKR, Path]) -
     assert match_package_decoder(heatmaps, offsets, graph) > 0
 
 
+@pytest.mark.slow  # an export with the decoder in the graph
 def test_decoder_in_graph_onnx(model3: DEKR, tmp_path: Path) -> None:
     path = export_onnx(
         model3, tmp_path / "k3_dec.onnx", input_size=(128, 128), dynamic=True,

@@ -29,7 +29,8 @@ TEST_DATA = REPO / "tests" / "data"
 DIFF = re.compile(r"max abs difference (\S+)")
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+# three exports and ONNX predictions: slow tier (tests/test_export.py keeps the export core)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # conftest.py
 
 
 @pytest.fixture(scope="module")

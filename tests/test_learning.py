@@ -28,7 +28,7 @@ def test_loss_halves_on_a_fixed_batch(synthetic_root: Path, tmp_path: Path) -> N
     assert batch["offset_weights"].gt(0).any(), "the batch must hold people with offsets"
     model = build_model(recipe.model.backbone, num_keypoints=batch["heatmaps"].shape[1] - 1)
     criterion = DEKRLoss(recipe.loss.heatmap_factor, recipe.loss.offset_factor)
-    optim = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr)
+    optim = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, fused=True)  # as DekrModule
     model.train()
     losses = []
     for _ in range(30):

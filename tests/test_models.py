@@ -44,8 +44,8 @@ def test_unknown_backbone_is_clear() -> None:
     "name,backbone,k",
     [
         ("coco_w32_512", "hrnet_w32", 17),  # 29,561,182
-        ("coco_w48_640", "hrnet_w48", 17),  # 65,684,590
-        ("crowdpose_w32_512", "hrnet_w32", 14),  # 29,522,071
+        pytest.param("coco_w48_640", "hrnet_w48", 17, marks=pytest.mark.slow),  # 65,684,590
+        pytest.param("crowdpose_w32_512", "hrnet_w32", 14, marks=pytest.mark.slow),  # 29,522,071
     ],
 )
 def test_exact_parameter_counts(name: str, backbone: str, k: int) -> None:
@@ -76,8 +76,8 @@ def test_multiply_adds(name: str, backbone: str, k: int, size: int) -> None:
     "name,backbone,k",
     [
         ("coco_w32", "hrnet_w32", 17),
-        ("coco_w48", "hrnet_w48", 17),
-        ("crowdpose_w32", "hrnet_w32", 14),
+        pytest.param("coco_w48", "hrnet_w48", 17, marks=pytest.mark.slow),
+        pytest.param("crowdpose_w32", "hrnet_w32", 14, marks=pytest.mark.slow),
     ],
 )
 def test_state_dict_equals_official_layout(official_keys, name: str, backbone: str, k: int) -> None:

@@ -89,6 +89,7 @@ def test_overlay_names_keep_the_folders_and_stay_unique(tmp_path: Path) -> None:
         plan_inputs([tmp_path])
 
 
+@pytest.mark.slow  # prediction with every centre candidate
 def test_three_inputs_of_one_name_give_three_overlays(
     tiny_run: dict, candidates: str, tmp_path: Path
 ) -> None:
@@ -157,6 +158,7 @@ def test_results_load_with_the_annotation_ids(
     )
 
 
+@pytest.mark.slow  # prediction over a folder
 def test_unreadable_files_are_skipped_and_counted(tiny_run: dict, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

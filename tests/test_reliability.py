@@ -219,6 +219,7 @@ def _checkpoint(path: Path, recipe: dict[str, Any], weights_recipe: dict[str, An
     "other",
     ["keypoints=crowdpose", pytest.param("model.backbone=hrnet_w16_small", marks=pytest.mark.slow)],
 )
+@pytest.mark.slow  # a training run per case
 def test_cli_checkpoint_of_another_model(
     other: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -276,6 +277,7 @@ def test_crowded_image_targets_decoder_evaluation(tmp_path: Path) -> None:
     assert all(np.isfinite(v) for v in metrics.values()) and 0.1 < metrics["AP"] <= 0.2
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.integration
 def test_crowded_image_trains_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ann, images = _crowded_folder(tmp_path / "data")
@@ -331,6 +333,7 @@ def _image_folder(root: Path, images: int, broken: dict[int, str]) -> tuple[Path
     return ann, folder
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.integration
 def test_training_skips_a_bad_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ann, images = _image_folder(tmp_path / "data", 8, {2: "missing", 5: "corrupt"})
@@ -358,6 +361,7 @@ def test_training_stops_past_the_bad_fraction(
     assert "training images could not be read" in line and "max_bad_image_fraction=0.1" in line
 
 
+@pytest.mark.slow  # a training run
 def test_evaluation_names_a_bad_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ann, images = _image_folder(tmp_path / "data", 3, {1: "corrupt"})
     recipe = load_recipe(QUICK, _coco_argv(ann, images, tmp_path / "out")[1:])
@@ -393,6 +397,7 @@ def test_atomic_checkpoint_survives_a_crash_while_saving(
     assert torch.load(last, weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.slow  # two training runs
 @pytest.mark.integration
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys

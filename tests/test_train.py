@@ -115,6 +115,9 @@ def test_tiny_training_run(tiny_run: dict, capsys: pytest.CaptureFixture) -> Non
     assert logged and logged[-1] == pytest.approx(ap, abs=1e-6)
     module = load_checkpoint(out / "checkpoints" / "last.ckpt")  # no YAML needed
     assert module.spec.num_keypoints == 17 and not module.training
+    # Adam ran its fused kernel on the CPU (PyTorch's default there is a per-tensor loop)
+    groups = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"]
+    assert [g["fused"] for g in groups[0]["param_groups"]] == [True, True]
 
 
 @pytest.mark.integration
@@ -131,6 +134,7 @@ def test_cli_eval_and_predict(tiny_run: dict, tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in out.glob("*.png")) == sorted(im["overlay"] for im in summary)
 
 
+@pytest.mark.slow  # a second training run
 @pytest.mark.integration
 def test_resume_auto_continues(tiny_run: dict, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"  # a copy: the shared run stays as other tests expect it
@@ -173,6 +177,7 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o2" / "predictions.json").exists()
 
 
+@pytest.mark.slow  # tests/test_bad_inputs.py keeps resume_other_k and eval_keypoints
 def test_checkpoint_of_other_k_is_clear(tiny_run: dict) -> None:
     module = load_checkpoint(tiny_run["out"] / "checkpoints" / "last.ckpt")
     state = {k: v for k, v in module.model.state_dict().items()}
@@ -205,6 +210,7 @@ def _real_data_overrides(ann: Path, images: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # a CrowdPose training run
 @pytest.mark.integration
 def test_crowdpose_recipe_runs_on_the_sample(tmp_path: Path) -> None:
     from dekr.training import train
@@ -237,6 +243,7 @@ def test_coco_recipe_runs_on_the_real_sample(tmp_path: Path, capsys) -> None:
     assert float(printed.split()[1]) == pytest.approx(result["metrics"]["AP"], abs=1e-3)
 
 
+@pytest.mark.slow  # prediction twice over the val set
 @pytest.mark.integration
 def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> None:
     state = torch.load(tiny_run["out"] / "checkpoints" / "last.ckpt", weights_only=True)

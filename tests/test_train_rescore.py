@@ -17,6 +17,8 @@ from dekr.rescore import Rescorer
 sys.path.insert(0, str(REPO / "tools"))
 import train_rescore  # noqa: E402
 
+pytestmark = pytest.mark.slow  # training and prediction (tests/test_rescore.py: the net)
+
 # an untrained tiny model rarely clears the official centre threshold: take every candidate
 ALL_CANDIDATES = "decode.center_threshold=-1e9"
 

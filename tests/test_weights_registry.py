@@ -208,6 +208,7 @@ def test_builtin_recipes_agree_with_recipe_files() -> None:
 
 
 # ------------------------------------------------------------------------------------ downloads
+@pytest.mark.slow  # two conversions of a W32 file
 def test_file_url_download_converts_once_and_reconverts_on_new_converter(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -343,6 +344,7 @@ def test_existing_path_wins_and_unknown_names_are_clear(
         load_checkpoint("nope.ckpt")
 
 
+@pytest.mark.slow  # two recipe model builds from W32 files
 def test_model_weights_and_pretrained_by_name(tmp_path: Path) -> None:
     entry, source = model_entry(tmp_path)
     src = tmp_path / "src" / "hrnet_tiny_imagenet.pth"
@@ -540,6 +542,7 @@ def test_mmpose_w32_coco_key_table_maps_onto_the_w32_network() -> None:
     assert all(tuple(state[n].shape) == official[n] for n in official)
 
 
+@pytest.mark.slow  # a W32 MMPose file
 def test_mmpose_file_with_numpy_meta_loads_and_code_is_refused(tmp_path: Path, capsys) -> None:
     """MMPose files keep `meta` (NumPy arrays, the config) beside the state dict, saved in the
     legacy format (tools/misc/publish_model.py): they load with weights_only and NumPy arrays
