@@ -10,6 +10,7 @@ load recipes you trust.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -243,11 +244,18 @@ def _explain(err: OmegaConfBaseException, source: str) -> RecipeError:
     return RecipeError(f"{source}: bad value for '{key}': {msg}")
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The typed recipe schema, built once (reading the dataclasses takes most of a recipe load);
+    ``OmegaConf.merge`` copies it and never changes it."""
+    return OmegaConf.structured(Recipe)
+
+
 def recipe_from_dict(
     data: Any, overrides: list[str] | tuple[str, ...] = (), *, source: str = "recipe"
 ) -> DictConfig:
     """Merge a mapping (or DictConfig) and ``key=value`` overrides into the typed schema."""
-    schema = OmegaConf.structured(Recipe)
+    schema = _schema()
     if not isinstance(data, (Mapping, DictConfig)):
         raise RecipeError(
             f"{source}: a recipe is a mapping of sections (model, data, ...), "
