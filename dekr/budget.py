@@ -10,9 +10,10 @@ so that a slow or busy machine gets a shorter run of a *finished* schedule, neve
 in the middle. The run stops at the planned batch, which may fall inside an epoch, and validates
 there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is written then too.
 
-The plan is re-checked at every epoch end with the measured epoch and validation times: in the
-first half of the plan it may grow or shrink, after that only shrink (so that the learning rate
-never rises again late in a cosine). ``trainer.max_epochs`` bounds the plan. Under DDP, rank 0
+The plan is re-checked after every tenth of it (``recheck``), from the speed of that last stretch
+(its validations taken out), inside epochs too: in the first half of the plan it may grow or
+shrink, after that only shrink (so that the learning rate never rises again late in a cosine),
+and a machine that slows down late is caught before the budget is spent. ``trainer.max_epochs`` bounds the plan. Under DDP, rank 0
 decides and the plan is broadcast. The plan is saved in checkpoints: a resumed run continues the
 same plan and does not re-plan. Lightning's ``max_time`` stays a safety net above the budget
 (``trainer.max_time_minutes``). A run that should be repeated exactly pins the plan it printed
@@ -104,6 +105,8 @@ class TimeBudget(pl.Callback):
         measure_batches: batches timed for the first plan.
         val_samples: validation samples timed for the cost of a validation pass.
         margin: fraction of the budget kept free (teardown, noise in the estimates).
+        recheck: fraction of the plan between two checks of the speed (the plan is re-made from
+            the rate of the last stretch: a machine that slows down late is caught in time).
     """
 
     def __init__(
@@ -115,11 +118,12 @@ class TimeBudget(pl.Callback):
         measure_batches: int = 10,
         val_samples: int = 2,
         margin: float = 0.03,
+        recheck: float = 0.1,
     ) -> None:
         self.minutes = float(minutes)
         self.started = now() if started is None else float(started)
         self.warmup_batches, self.measure_batches = warmup_batches, measure_batches
-        self.val_samples, self.margin = val_samples, margin
+        self.val_samples, self.margin, self.recheck = val_samples, margin, recheck
         self.plan: Optional[Plan] = None
         self.resumed = False
         self._val_every: Optional[int] = None
@@ -127,9 +131,9 @@ class TimeBudget(pl.Callback):
         self._batches = 0  # batches seen before the first plan
         self._timed_from = 0
         self._t0: Optional[float] = None
-        self._epoch_t0: Optional[float] = None
         self._val_t0: Optional[float] = None
-        self._val_in_epoch = 0.0
+        self._window: Optional[tuple[float, int]] = None  # (time, batches done) at its start
+        self._val_in_window = 0.0
 
     # ------------------------------------------------------------------ state
     @property
@@ -225,9 +229,6 @@ class TimeBudget(pl.Callback):
         else:
             pl_module.schedule_epochs = trainer.max_epochs  # until the first plan
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_t0, self._val_in_epoch = now(), 0.0
-
     def _warmup(self, trainer: pl.Trainer) -> int:
         """Untimed batches: ``warmup_batches``, but at least one batch of the first epoch is
         timed."""
@@ -263,6 +264,9 @@ class TimeBudget(pl.Callback):
                 f"budget {self.minutes:g} min: {self._describe()} ({spent:.1f} min spent on "
                 f"start-up, data and the first batches; a validation pass about {val_s:.0f} s)",
             )
+            self._window, self._val_in_window = (now(), done), 0.0
+        elif not self.resumed and done < self.plan.batches:
+            self._recheck(trainer, pl_module, done)
         if done >= self.plan.batches:
             # the end of the plan: Lightning validates when asked to stop, then ends the epoch
             trainer.check_val_every_n_epoch = 1
@@ -274,28 +278,30 @@ class TimeBudget(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._val_t0 is not None and not trainer.sanity_checking:
             seconds = now() - self._val_t0
-            self._val_in_epoch += seconds
+            self._val_in_window += seconds
             if self.plan is not None:
                 self.plan.val_s = seconds
         self._val_t0 = None
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plan is None or self.resumed or self._epoch_t0 is None:
+    def _recheck(self, trainer: pl.Trainer, pl_module: pl.LightningModule, done: int) -> None:
+        """Every ``recheck`` of the plan: the plan again, from the rate of the last stretch
+        (validations taken out). In the first half of the plan it may grow or shrink; after
+        that only shrink, so that a finished schedule is never stretched late."""
+        plan = self.plan
+        if plan is None or self._window is None:
             return
-        per_epoch = int(trainer.num_training_batches)
-        done = (trainer.current_epoch + 1) * per_epoch
-        if done >= self.plan.batches:
+        t0, done0 = self._window
+        if done - done0 < max(round(self.recheck * plan.batches), 1):
             return
-        # seconds per batch over this epoch, its validations taken out
-        train_s = now() - self._epoch_t0 - self._val_in_epoch
-        step_s = max(train_s, 1e-9) / per_epoch
-        fit = self._plan(trainer, done, step_s, self.plan.val_s)
-        batches = fit if done < self.plan.batches / 2 else min(fit, self.plan.batches)
-        if batches != self.plan.batches:
-            old = self.plan.epochs
+        step_s = max(now() - t0 - self._val_in_window, 1e-9) / (done - done0)
+        self._window, self._val_in_window = (now(), done), 0.0
+        fit = self._plan(trainer, done, step_s, plan.val_s)
+        batches = fit if done < plan.batches / 2 else min(fit, plan.batches)
+        if batches != plan.batches:
+            old = plan.epochs
             batch = getattr(trainer.datamodule, "batch_size", None) or 1
-            self.plan.batches, self.plan.step_s = batches, step_s
-            self.plan.images_per_s = batch * trainer.world_size / step_s
+            plan.batches, plan.step_s = batches, step_s
+            plan.images_per_s = batch * trainer.world_size / step_s
             self._apply(trainer, pl_module)
             say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "
                                f"{self._describe()}")  # fmt: skip

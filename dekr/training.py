@@ -505,7 +505,8 @@ def _closing_lines(
     """The run's last lines: the metrics table, the checkpoints (the best one with its epoch),
     a budget run's plan to pin, and the final AP once, as the very last line ``AP <value>``."""
     if module.evaluator is not None:
-        print(module.evaluator.summary(ap_line=False))  # the AP line is printed once, below
+        # the last validation's metrics (evaluating again takes seconds); the AP line comes below
+        print(module.evaluator.summary(metrics, ap_line=False))
     last = ckpt_dir / "last.ckpt"
     report = next((c for c in trainer.callbacks if isinstance(c, ValidationReport)), None)
     budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
@@ -549,12 +550,13 @@ def evaluate(
             callbacks=[TQDMProgressBar()],
         )
     trainer.validate(module, datamodule=datamodule, verbose=False)
-    print(module.evaluator.summary(ap_line=False))  # the AP line is the command's last
-    out = results or Path(checkpoint).with_name("results.json")
-    module.evaluator.write_results(out)
-    print(f"results: {out}")
-    return {
+    metrics = {
         k.removeprefix("val/"): float(v)
         for k, v in trainer.callback_metrics.items()
         if k.startswith("val/")
     }
+    print(module.evaluator.summary(metrics, ap_line=False))  # the AP line is the command's last
+    out = results or Path(checkpoint).with_name("results.json")
+    module.evaluator.write_results(out)
+    print(f"results: {out}")
+    return metrics

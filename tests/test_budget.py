@@ -84,7 +84,8 @@ class FakeClock(pl.Callback):
     Time passes in the batch-start hooks, which run after the budget's own (callbacks given to
     train() come after the run's): to the budget, the time passes during the batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, step_s: Any = None) -> None:
+        self.step_s = step_s or (lambda batch: 1.0)  # seconds of the n-th training batch
         self.t = 0.0
         self.lrs: list[float] = []
         self.validated_steps: list[int] = []
@@ -93,7 +94,7 @@ class FakeClock(pl.Callback):
         return self.t
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.t += 1.0
+        self.t += self.step_s(len(self.lrs))
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -105,8 +106,8 @@ class FakeClock(pl.Callback):
 
 
 def _budget_run(root: Path, out: Path, minutes: Any, monkeypatch: pytest.MonkeyPatch,
-                **pin: Any) -> dict:  # fmt: skip
-    clock = FakeClock()
+                step_s: Any = None, **pin: Any) -> dict:  # fmt: skip
+    clock = FakeClock(step_s)
     monkeypatch.setattr(dekr.budget, "now", clock.now)
     recipe = load_recipe(
         REPO / "recipes" / "quickstart.yaml",
@@ -160,3 +161,22 @@ def test_half_the_time_still_completes_and_validates(
     pinned = _budget_run(synthetic_root, tmp_path / "pinned", None, monkeypatch,
                          **{"trainer.max_epochs": epochs, "trainer.max_steps": steps})  # fmt: skip
     assert pinned["clock"].lrs == pytest.approx(runs[0.1]["clock"].lrs, rel=1e-12)
+
+
+@pytest.mark.slow  # a fake-clock run
+def test_a_machine_that_slows_down_late_still_ends_in_time(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """From the 16th batch on each batch takes 3 s instead of 1 s (another program started):
+    the plan shrinks within the epoch it happens in, the schedule still completes and the run
+    stays within its 24 s budget; without the re-check it would run to the first plan's end."""
+    run = _budget_run(synthetic_root, tmp_path / "slow", 0.4, monkeypatch,
+                      step_s=lambda n: 1.0 if n < 15 else 3.0)  # fmt: skip
+    clock, ckpt = run["clock"], run["ckpt"]
+    plan = ckpt["callbacks"]["TimeBudget"]["plan"]
+    out = capsys.readouterr().out
+    first = int(re.search(r"budget 0.4 min: about [\d.]+ epochs \((\d+) batches\)", out)[1])
+    assert "re-planned" in out and plan["batches"] < first, out
+    assert len(clock.lrs) == plan["batches"] == ckpt["global_step"]
+    assert clock.t <= 0.4 * 60, (clock.t, plan)
+    assert clock.validated_steps[-1] == plan["batches"]
