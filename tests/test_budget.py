@@ -180,3 +180,36 @@ def test_a_machine_that_slows_down_late_still_ends_in_time(
     assert len(clock.lrs) == plan["batches"] == ckpt["global_step"]
     assert clock.t <= 0.4 * 60, (clock.t, plan)
     assert clock.validated_steps[-1] == plan["batches"]
+
+
+@pytest.mark.slow  # two fake-clock runs
+@pytest.mark.parametrize(("fast", "other"), [(1, 2), (2, 1)])
+def test_the_faster_thread_count_is_kept_and_restored(
+    fast: int, other: int, synthetic_root: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # fmt: skip
+    """A batch takes 1 s with ``fast`` torch threads and 3 s with ``other``: after timing both,
+    the run trains with ``fast`` (as on a busy machine, where 1 thread beats 2), plans with
+    its 1 s per batch, and gives the thread count back when fit ends."""
+    monkeypatch.setitem(TimeBudget.__init__.__kwdefaults__, "warmup_batches", 1)
+    monkeypatch.setitem(TimeBudget.__init__.__kwdefaults__, "measure_batches", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+
+    def step_s(batch: int) -> float:
+        seen.append(torch.get_num_threads())
+        return 1.0 if seen[-1] == fast else 3.0
+
+    try:
+        run = _budget_run(synthetic_root, tmp_path / str(fast), 0.4, monkeypatch, step_s=step_s,
+                          **{"data.batch_size": 1})  # fmt: skip
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    plan = run["ckpt"]["callbacks"]["TimeBudget"]["plan"]
+    assert f"training with {fast}" in out, out
+    assert seen[:3] == [2, 2, 2] and seen[3:6] == [1, 1, 1]  # warm-up + 2 timed; 1 + 2 timed
+    assert set(seen[6:]) == {fast} and plan["step_s"] == pytest.approx(1.0, rel=0.2)
+    assert after == 2
