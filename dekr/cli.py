@@ -247,13 +247,9 @@ def _check_export_args(out: Path, input_size: int | None) -> None:
         raise OptionError(f"--input-size {input_size}: expected a positive multiple of 4")
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; give a file path, e.g. {out / 'model.onnx'}")
-    existing = out.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {out}: the folder {existing} is not writable")
+    from dekr.preflight import check_creatable
+
+    check_creatable(out.parent, f"--out {out}")
 
 
 def _export(args: argparse.Namespace) -> int:

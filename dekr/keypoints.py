@@ -199,29 +199,16 @@ _COCO_LIMBS = (
     (6, 8), (6, 12), (7, 9), (8, 10), (11, 12), (11, 13), (12, 14), (13, 15), (14, 16),
 )  # fmt: skip
 
+_COCO_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
+    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+)  # fmt: skip
+
 COCO_KEYPOINTS = KeypointSpec(
     name="coco",
     names=_COCO_NAMES,
     # pycocotools COCOeval.kpt_oks_sigmas
-    sigmas=(
-        0.026,
-        0.025,
-        0.025,
-        0.035,
-        0.035,
-        0.079,
-        0.079,
-        0.072,
-        0.072,
-        0.062,
-        0.062,
-        0.107,
-        0.107,
-        0.087,
-        0.087,
-        0.089,
-        0.089,
-    ),
+    sigmas=_COCO_SIGMAS,
     flip_pairs=tuple(
         (f"left_{p}", f"right_{p}")
         for p in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
@@ -242,26 +229,16 @@ _CROWDPOSE_LIMBS = (
     (7, 9), (8, 10), (9, 11), (6, 7), (0, 1),
 )  # fmt: skip
 
+_CROWDPOSE_SIGMAS = (
+    0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107,
+    0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079,
+)  # fmt: skip
+
 CROWDPOSE_KEYPOINTS = KeypointSpec(
     name="crowdpose",
     names=_CROWDPOSE_NAMES,
     # CrowdPose evaluation sigmas (crowdposetools), in the order of the names above.
-    sigmas=(
-        0.079,
-        0.079,
-        0.072,
-        0.072,
-        0.062,
-        0.062,
-        0.107,
-        0.107,
-        0.087,
-        0.087,
-        0.089,
-        0.089,
-        0.079,
-        0.079,
-    ),
+    sigmas=_CROWDPOSE_SIGMAS,
     flip_pairs=tuple(
         (f"left_{p}", f"right_{p}") for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
     ),

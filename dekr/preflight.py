@@ -370,13 +370,19 @@ def check_output_dir(output_dir: Path, resume: Optional[str], *, overwrite: bool
                 f"output_dir={output_dir} is not empty ({shown}): continue that run with "
                 "resume=auto, choose a new output_dir, or replace it with --overwrite"
             )
-    existing = output_dir
+    check_creatable(output_dir, f"output_dir={output_dir}")
+
+
+def check_creatable(path: Path, label: str) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable folder. ``label``
+    names the argument in the error (``output_dir=...``, ``--out ...``)."""
+    existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"output_dir={output_dir}: {existing} is a file, not a folder")
+        raise OutputError(f"{label}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"output_dir={output_dir}: the folder {existing} is not writable")
+        raise OutputError(f"{label}: the folder {existing} is not writable")
 
 
 def clear_run(output_dir: Path) -> list[str]:
