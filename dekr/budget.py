@@ -49,6 +49,12 @@ def say(trainer: pl.Trainer, text: str) -> None:
         (bar.print if bar is not None else print)(text)
 
 
+def _rate(trainer: pl.Trainer, step_s: float) -> float:
+    """Training images per second of all processes at ``step_s`` seconds per batch."""
+    batch = getattr(trainer.datamodule, "batch_size", None) or 1
+    return batch * trainer.world_size / max(step_s, 1e-9)
+
+
 @dataclass
 class Plan:
     """How a budget run is laid out; saved in checkpoints."""
@@ -134,8 +140,7 @@ class TimeBudget(pl.Callback):
         self.val_samples, self.margin, self.recheck = val_samples, margin, recheck
         self.tune_threads = tune_threads
         self._timing_from: Optional[int] = None  # the batch timing starts at (None: warm-up)
-        self._trial: Optional[tuple[int, float]] = None  # (threads, seconds per batch) tried
-        self._threads_before: Optional[int] = None
+        self._trial: Optional[tuple[int, float]] = None  # (threads before, their s per batch)
         self.plan: Optional[Plan] = None
         self.resumed = False
         self._val_every: Optional[int] = None
@@ -270,8 +275,7 @@ class TimeBudget(pl.Callback):
             step_s = self._keep_faster_threads(trainer, step_s)
             val_s = self._val_pass_s(trainer, pl_module)
             batches = self._plan(trainer, done, step_s, val_s)
-            batch = getattr(trainer.datamodule, "batch_size", None) or 1
-            rate = batch * trainer.world_size / max(step_s, 1e-9)
+            rate = _rate(trainer, step_s)
             self.plan = Plan(batches, per_epoch, rate, step_s, val_s, self.minutes)
             self._apply(trainer, pl_module)
             spent = (now() - self.started) / 60
@@ -298,29 +302,26 @@ class TimeBudget(pl.Callback):
             return False
         if module.device.type != "cpu" or left < 1 + self.measure_batches:
             return False
-        self._trial, self._threads_before = (threads, step_s), threads
+        self._trial = (threads, step_s)
         torch.set_num_threads(threads // 2)
         self._t0, self._timing_from = None, self._batches + 1
         return True
 
     def _keep_faster_threads(self, trainer: pl.Trainer, step_s: float) -> float:
         """The seconds per batch of the faster thread count, which stays set."""
-        if self._trial is None or self._threads_before is None:
+        if self._trial is None:
             return step_s
         (threads, threads_s), fewer = self._trial, torch.get_num_threads()
         chosen, chosen_s = (fewer, step_s) if step_s < threads_s else (threads, threads_s)
         torch.set_num_threads(chosen)
-        batch = getattr(trainer.datamodule, "batch_size", None) or 1
-        pairs = ((threads, threads_s), (fewer, step_s))
-        rate = {n: batch * trainer.world_size / max(t, 1e-9) for n, t in pairs}
-        say(trainer, f"budget {self.minutes:g} min: {rate[threads]:.1f} images/s with "
-                     f"{threads} torch threads, {rate[fewer]:.1f} with {fewer}: "
+        say(trainer, f"budget {self.minutes:g} min: {_rate(trainer, threads_s):.1f} images/s "
+                     f"with {threads} torch threads, {_rate(trainer, step_s):.1f} with {fewer}: "
                      f"training with {chosen}")  # fmt: skip
         return chosen_s
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._threads_before is not None:
-            torch.set_num_threads(self._threads_before)
+        if self._trial is not None:  # the thread count the run started with
+            torch.set_num_threads(self._trial[0])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_t0 = now()
@@ -349,9 +350,8 @@ class TimeBudget(pl.Callback):
         batches = fit if done < plan.batches / 2 else min(fit, plan.batches)
         if batches != plan.batches:
             old = plan.epochs
-            batch = getattr(trainer.datamodule, "batch_size", None) or 1
             plan.batches, plan.step_s = batches, step_s
-            plan.images_per_s = batch * trainer.world_size / step_s
+            plan.images_per_s = _rate(trainer, step_s)
             self._apply(trainer, pl_module)
             say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "
                                f"{self._describe()}")  # fmt: skip
