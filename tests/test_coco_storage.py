@@ -100,7 +100,7 @@ def test_cache_is_built_once_read_after_and_rebuilt_when_stale_or_corrupt(tmp_pa
     assert first.cache_status == "built" and cache.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.json", cache.name]  # no lock left
     second = make()
-    assert second.cache_status == "read" and not second._a["keypoints"].flags.writeable
+    assert second.cache_status == "read" and not second._a["keypoint_xy"].flags.writeable
     _same(plain, second)
     _same(plain, first)
     data = bytearray(cache.read_bytes())
@@ -229,3 +229,66 @@ def test_scale_benchmark_at_small_size(monkeypatch, capsys) -> None:
     assert records["scale.coco.images"] == 400 and records["scale.coco.people"] > 200
     assert records["scale.coco.startup_s"] > 0 and records["scale.coco.cache_file_mib"] > 0
     assert records["scale.coco.rank_mib"] < 100 and records["scale.coco.worker_growth_mib"] < 10
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_keypoint_packing_is_lossless_to_the_bit(dtype: type) -> None:
+    from dekr.data.coco import _pack_keypoints, _unpack_keypoints
+
+    rng = np.random.default_rng(0)
+    kps = np.round(rng.uniform(-5, 300, (7, 4, 3)), 1).astype(dtype)
+    kps[..., 2] = rng.integers(0, 3, (7, 4))
+    kps[1] = 0.0  # a person without labelled keypoints: not stored
+    kps[2, 0, 0] = -0.0  # a stored row: -0.0 is not 0.0 bit for bit
+    kps[2, 1:] = 0.0
+    packed = _pack_keypoints(kps)
+    assert packed["keypoint_rows"].tolist() == [0, -1, 1, 2, 3, 4, 5]
+    assert packed["keypoint_v"].dtype == np.uint8 and packed["keypoint_xy"].dtype == dtype
+    for lo, hi in [(0, 7), (1, 2), (1, 4), (3, 3)]:
+        out = _unpack_keypoints(packed, lo, hi)
+        assert out.dtype == dtype and out.shape == (hi - lo, 4, 3)
+        assert out.tobytes() == kps[lo:hi].tobytes()
+    kps[3, 0, 2] = 0.5  # a visibility that is no small integer keeps the float dtype
+    packed = _pack_keypoints(kps)
+    assert packed["keypoint_v"].dtype == dtype
+    assert _unpack_keypoints(packed, 0, 7).tobytes() == kps.tobytes()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decode and numpy 2
+def test_ignore_region_of_an_image_is_the_union_of_its_annotations() -> None:
+    import pycocotools.mask as mask_utils
+
+    from dekr.data.coco import _ignore_region, _region
+
+    h, w = 40, 50
+    anns = [
+        {"id": 1, "segmentation": [[2, 2, 20, 2, 20, 15, 2, 15], [30, 30, 40, 30, 35, 38]]},
+        {"id": 2, "segmentation": [[10, 10, 25, 10, 25, 30]]},
+        {"id": 4, "segmentation": mask_utils.frPyObjects([[40, 2, 48, 2, 48, 9]], h, w)[0]},
+        {"id": 5, "bbox": [3, 33, 6, 4]},  # no segmentation: its box
+        {"id": 6, "segmentation": {"size": [h, w], "counts": [h * w - 5, 5]}},
+    ]
+    one_by_one = mask_utils.merge([_region("f.json", a, h, w) for a in anns], intersect=0)
+    together = _ignore_region("f.json", anns, h, w)
+    np.testing.assert_array_equal(mask_utils.decode(together), mask_utils.decode(one_by_one))
+    assert together["counts"] == one_by_one["counts"]
+    assert _ignore_region("f.json", [{"id": 7}], h, w) is None
+    bad = [anns[0], {"id": 8, "segmentation": [[1, 2, 3, "x", 5, 6]]}]
+    with pytest.raises(AnnotationError, match=r"f\.json: annotation id 8 has a segmentation"):
+        _ignore_region("f.json", bad, h, w)
+
+
+def test_reader_without_orjson_reads_the_same(monkeypatch, golden) -> None:
+    import sys
+
+    fast = _reader("train", True)
+    monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson raises ImportError
+    from dekr.data.coco import _NOT_PARSED, _fast_json
+
+    assert _fast_json(b"{}") is _NOT_PARSED
+    slow = _reader("train", True)
+    assert list(slow.image_ids) == list(fast.image_ids)
+    for index in range(len(fast)):
+        a, b = fast.annotations(index), slow.annotations(index)
+        assert a["keypoints"].tobytes() == b["keypoints"].tobytes()
+        np.testing.assert_array_equal(a["ignore_mask"], b["ignore_mask"])
