@@ -181,6 +181,11 @@ class KeypointSpec:
         )
 
 
+def _left_right(*parts: str) -> tuple[tuple[str, str], ...]:
+    """Flip pairs ``("left_<part>", "right_<part>")`` of ``parts``."""
+    return tuple((f"left_{p}", f"right_{p}") for p in parts)
+
+
 def _pairs(names: Sequence[str], idx: Sequence[tuple[int, int]]) -> tuple[tuple[str, str], ...]:
     return tuple((names[a], names[b]) for a, b in idx)
 
@@ -209,10 +214,7 @@ COCO_KEYPOINTS = KeypointSpec(
     names=_COCO_NAMES,
     # pycocotools COCOeval.kpt_oks_sigmas
     sigmas=_COCO_SIGMAS,
-    flip_pairs=tuple(
-        (f"left_{p}", f"right_{p}")
-        for p in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
-    ),
+    flip_pairs=_left_right("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle"),
     skeleton=_pairs(_COCO_NAMES, _COCO_LIMBS),
     rescore_scale_limbs=(9, 11),
 )
@@ -239,9 +241,7 @@ CROWDPOSE_KEYPOINTS = KeypointSpec(
     names=_CROWDPOSE_NAMES,
     # CrowdPose evaluation sigmas (crowdposetools), in the order of the names above.
     sigmas=_CROWDPOSE_SIGMAS,
-    flip_pairs=tuple(
-        (f"left_{p}", f"right_{p}") for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
-    ),
+    flip_pairs=_left_right("shoulder", "elbow", "wrist", "hip", "knee", "ankle"),
     skeleton=_pairs(_CROWDPOSE_NAMES, _CROWDPOSE_LIMBS),
     rescore_scale_limbs=(9, 11),
 )

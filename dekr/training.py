@@ -390,6 +390,12 @@ def _resume_path(resume: Optional[str], output_dir: Path) -> Optional[str]:
     return resume
 
 
+def _val_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last validation's metrics without their ``val/`` prefix (``AP``, ``AP50``, ...)."""
+    return {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/")}  # fmt: skip
+
+
 def _save_run_files(recipe: DictConfig, spec: KeypointSpec, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(recipe))
@@ -484,11 +490,7 @@ def train(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if module.last_validated_step != trainer.global_step:  # the final weights were not validated
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    metrics = {
-        k.removeprefix("val/"): float(v)
-        for k, v in trainer.callback_metrics.items()
-        if k.startswith("val/")
-    }
+    metrics = _val_metrics(trainer)
     ckpt_dir = output_dir / "checkpoints"
     if trainer.is_global_zero:
         _closing_lines(trainer, module, ckpt_dir, metrics, started)
@@ -550,11 +552,7 @@ def evaluate(
             callbacks=[TQDMProgressBar()],
         )
     trainer.validate(module, datamodule=datamodule, verbose=False)
-    metrics = {
-        k.removeprefix("val/"): float(v)
-        for k, v in trainer.callback_metrics.items()
-        if k.startswith("val/")
-    }
+    metrics = _val_metrics(trainer)
     print(module.evaluator.summary(metrics, ap_line=False))  # the AP line is the command's last
     out = results or Path(checkpoint).with_name("results.json")
     module.evaluator.write_results(out)

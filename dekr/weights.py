@@ -497,6 +497,14 @@ def resolve_backbone(value: PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------ entries
+def _dekr_model(dataset: str, width: str, **fields: Any) -> Weights:
+    """A whole-model entry of a DEKR ``dataset`` / HRNet ``width`` pair: its backbone, keypoint
+    set and recipe follow from the pair (e.g. ``coco``, ``w32``: ``hrnet_w32``, ``coco``,
+    ``recipes/coco_w32.yaml``)."""
+    return Weights(kind="model", backbone=f"hrnet_{width}", keypoints=dataset,
+                   recipe=f"{dataset}_{width}", **fields)  # fmt: skip
+
+
 # Every value below is read from a file of its source (named in the comment); None where the
 # source publishes none.
 #
@@ -516,15 +524,13 @@ for _dataset, _width, _ap, _split in (
     ("crowdpose", "w48", 0.673, "CrowdPose test"),
 ):
     register(
-        Weights(
+        _dekr_model(
+            _dataset,
+            _width,
             name=f"dekr_{_dataset}_{_width}",
-            kind="model",
             layout="official_dekr",
             filename=f"pose_dekr_hrnet{_width}_{_dataset}.pth",
             page=_DEKR_ZOO + f" (folder pose_{_dataset}/)",
-            backbone=f"hrnet_{_width}",
-            keypoints=_dataset,
-            recipe=f"{_dataset}_{_width}",
             reported_ap=_ap,
             ap_source=f"{_DEKR_AP}, {_split}",
             license="MIT",
@@ -550,17 +556,15 @@ for _dataset, _width, _file, _ap in (
      "dekr_hrnet-w48_8xb5-300e_crowdpose-640x640_4ea6031e-20230128.pth", 0.679),
 ):  # fmt: skip
     register(
-        Weights(
+        _dekr_model(
+            _dataset,
+            _width,
             name=f"mmpose_dekr_{_dataset}_{_width}",
-            kind="model",
             layout="mmpose_dekr",
             filename=_file,
             urls=(f"{_MM}{_dataset}/{_file}",),
             page="https://github.com/open-mmlab/mmpose/tree/main/configs/body_2d_keypoint/dekr",
             sha256_prefix=_file.rsplit("_", 1)[1].split("-")[0],
-            backbone=f"hrnet_{_width}",
-            keypoints=_dataset,
-            recipe=f"{_dataset}_{_width}",
             reported_ap=_ap,
             ap_source=f"open-mmlab/mmpose {_MM_CFG}/{_dataset}/hrnet_{_dataset}.yml",
             license="Apache-2.0",
