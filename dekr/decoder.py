@@ -345,5 +345,5 @@ class DEKRDecoder:
                 res["keypoints"],
                 avg[b, :, :h, :w],
                 stride=self.stride / scales[ref],
-                **self.matching.kwargs(),
+                settings=self.matching,
             )

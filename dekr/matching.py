@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -96,31 +96,43 @@ def _peaks(heatmaps: Tensor, num_candidates: int, pool_radius: int) -> tuple[Ten
     return xy.to(heatmaps.dtype), values
 
 
+@dataclass(frozen=True)
+class MatchSettings:
+    """Settings of :func:`match_poses_to_heatmaps` (the decoder's ``matching``): the official
+    TEST values. ``num_candidates`` peaks per keypoint type (DATASET.MAX_NUM_PEOPLE);
+    ``max_absorb_distance`` input px (TEST.MAX_ABSORB_DISTANCE); joints scoring above
+    ``adjust_threshold`` are refined (TEST.ADJUST_THRESHOLD); ``pool_radius`` and
+    ``window_radius`` input px of the peak max-filter and of the refinement window."""
+
+    num_candidates: int = 30
+    max_absorb_distance: float = 75.0
+    adjust_threshold: float = 0.05
+    pool_radius: float = 2.0
+    window_radius: float = 6.0
+
+
 def absorb_to_peaks(
-    joints: Tensor,
-    heatmaps: Tensor,
-    *,
-    stride: float = 4.0,
-    num_candidates: int = 30,
-    max_absorb_distance: float = 75.0,
-    pool_radius: float = 2.0,
+    joints: Tensor, heatmaps: Tensor, *, stride: float = 4.0, settings: MatchSettings | None = None
 ) -> Tensor:
-    """Snap joints to the nearest heatmap peak of their type within ``max_absorb_distance``.
+    """Snap joints to the nearest heatmap peak of their type within the settings'
+    ``max_absorb_distance`` (of ``settings.num_candidates`` peaks per type, local maxima within
+    ``settings.pool_radius``; :class:`MatchSettings`, default the official values).
 
     Args:
         joints: (N, K, 2) input pixels. heatmaps: (K, H, W), map pixel (u, v) ↔ input
-            ``(stride·u, stride·v)``. pool_radius: local-maximum radius in input pixels.
+            ``(stride·u, stride·v)``.
 
     Returns:
         (N, K, 2) joints, absorbed ones on map pixels (input px).
     """
-    xy, values = _peaks(heatmaps, num_candidates, _map_radius(pool_radius, stride))
+    s = settings or MatchSettings()
+    xy, values = _peaks(heatmaps, s.num_candidates, _map_radius(s.pool_radius, stride))
     peaks = xy * stride  # (K, P, 2) input px
     dist = (joints[:, :, None, :] - peaks[None]).norm(dim=-1)  # (N, K, P)
     dist = dist.masked_fill(~(values > 0)[None], float("inf"))
     best, index = dist.min(dim=-1)  # (N, K)
     nearest = peaks[torch.arange(peaks.shape[0], device=joints.device)[None], index]
-    return torch.where((best < max_absorb_distance)[..., None], nearest, joints)
+    return torch.where((best < s.max_absorb_distance)[..., None], nearest, joints)
 
 
 def _windows(heatmaps: Tensor, centers: Tensor, radius: int) -> Tensor:
@@ -170,35 +182,8 @@ def refine_joints(
     return torch.where(ok[..., None], refined, joints), ok
 
 
-@dataclass(frozen=True)
-class MatchSettings:
-    """Settings of :func:`match_poses_to_heatmaps` (the decoder's ``matching``): the official
-    TEST values. ``num_candidates`` peaks per keypoint type (DATASET.MAX_NUM_PEOPLE);
-    ``max_absorb_distance`` input px (TEST.MAX_ABSORB_DISTANCE); joints scoring above
-    ``adjust_threshold`` are refined (TEST.ADJUST_THRESHOLD); ``pool_radius`` and
-    ``window_radius`` input px of the peak max-filter and of the refinement window."""
-
-    num_candidates: int = 30
-    max_absorb_distance: float = 75.0
-    adjust_threshold: float = 0.05
-    pool_radius: float = 2.0
-    window_radius: float = 6.0
-
-    def kwargs(self) -> dict[str, float]:
-        """Keyword arguments of :func:`match_poses_to_heatmaps`."""
-        return asdict(self)
-
-
 def match_poses_to_heatmaps(
-    poses: Tensor,
-    heatmaps: Tensor,
-    *,
-    stride: float = 4.0,
-    num_candidates: int = 30,
-    max_absorb_distance: float = 75.0,
-    adjust_threshold: float = 0.05,
-    pool_radius: float = 2.0,
-    window_radius: float = 6.0,
+    poses: Tensor, heatmaps: Tensor, *, stride: float = 4.0, settings: MatchSettings | None = None
 ) -> Tensor:
     """Absorb joints to heatmap peaks, then refine confident ones (official MATCH_HMP).
 
@@ -207,11 +192,8 @@ def match_poses_to_heatmaps(
         heatmaps: (K, H, W) or (K+1, H, W) (a last centre channel is ignored) scale-averaged
             heatmaps; map pixel (u, v) is input pixel ``(stride·u, stride·v)``. Pass the
             image's unpadded part. Use stride 1 for maps at input resolution.
-        num_candidates: peaks per keypoint type (official DATASET.MAX_NUM_PEOPLE, 30).
-        max_absorb_distance: input pixels (TEST.MAX_ABSORB_DISTANCE 75).
-        adjust_threshold: joints with a higher score are refined (TEST.ADJUST_THRESHOLD 0.05).
-        pool_radius, window_radius: input pixels; see :func:`absorb_to_peaks` and
-            :func:`refine_joints`.
+        settings: :class:`MatchSettings` (default: the official TEST values); see
+            :func:`absorb_to_peaks` and :func:`refine_joints`.
 
     Returns:
         (N, K, 3) poses with moved joints; scores unchanged.
@@ -220,10 +202,8 @@ def match_poses_to_heatmaps(
     if n == 0 or heatmaps.shape[-1] == 0 or heatmaps.shape[-2] == 0:
         return poses.clone()
     maps = heatmaps[:k].to(poses.dtype)
-    joints = absorb_to_peaks(
-        poses[..., :2], maps, stride=stride, num_candidates=num_candidates,
-        max_absorb_distance=max_absorb_distance, pool_radius=pool_radius,
-    )  # fmt: skip
-    refined, _ = refine_joints(joints, maps, stride=stride, window_radius=window_radius)
-    adjust = (poses[..., 2] > adjust_threshold)[..., None]
+    s = settings or MatchSettings()
+    joints = absorb_to_peaks(poses[..., :2], maps, stride=stride, settings=s)
+    refined, _ = refine_joints(joints, maps, stride=stride, window_radius=s.window_radius)
+    adjust = (poses[..., 2] > s.adjust_threshold)[..., None]
     return torch.cat([torch.where(adjust, refined, joints), poses[..., 2:]], dim=-1)

@@ -28,7 +28,6 @@ heatmap matching 1e-2 px, COCO metrics identical.
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,11 @@ from dekr.decoder import DEKRDecoder, ScaleMaps
 from dekr.evaluation import COCOEvaluator
 from dekr.inference import eval_transform, forward_scale, resize_image
 from dekr.keypoints import COCO_KEYPOINTS
-from dekr.matching import absorb_to_peaks, average_heatmaps, match_poses_to_heatmaps
+from dekr.matching import (
+    MatchSettings,
+    absorb_to_peaks,
+    average_heatmaps,
+)
 from dekr.module import DekrModule
 from dekr.rescore import rescore_features
 
@@ -252,11 +255,12 @@ def test_decoder_settings_are_official(golden, result, run):
     assert d.flip == cfg["FLIP_TEST"] and d.flip_shift == FLIP_SHIFT
     assert sorted(d.scales) == sorted(cfg["SCALE_FACTOR"])
     assert module.recipe.data.input_size == 512
-    match = inspect.signature(match_poses_to_heatmaps).parameters
-    assert match["max_absorb_distance"].default == cfg["MAX_ABSORB_DISTANCE"]
-    assert match["adjust_threshold"].default == cfg["ADJUST_THRESHOLD"]
-    assert match["window_radius"].default == cfg["GUASSIAN_KERNEL"]
-    assert match["num_candidates"].default == 30
+    match = MatchSettings()  # the default of match_poses_to_heatmaps and of the decoder
+    assert dec.matching == match
+    assert match.max_absorb_distance == cfg["MAX_ABSORB_DISTANCE"]
+    assert match.adjust_threshold == cfg["ADJUST_THRESHOLD"]
+    assert match.window_radius == cfg["GUASSIAN_KERNEL"]
+    assert match.num_candidates == 30
 
 
 @pytest.mark.parametrize("run", RUNS)

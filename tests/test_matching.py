@@ -10,6 +10,7 @@ from conftest import SPEC3
 from dekr.decoder import DEKRDecoder, ScaleMaps, max_filter
 from dekr.keypoints import COCO_KEYPOINTS
 from dekr.matching import (
+    MatchSettings,
     absorb_to_peaks,
     average_heatmaps,
     match_poses_to_heatmaps,
@@ -62,7 +63,9 @@ def test_far_joints_and_other_types_do_not_attract():
     out = match_poses_to_heatmaps(poses, maps, stride=4.0)
     assert out[0, 0].tolist() == poses[0, 0].tolist()
     assert out[0, 1, :2].tolist() == pytest.approx([100.0, 80.0], abs=1e-3)
-    near = match_poses_to_heatmaps(poses, maps, stride=4.0, max_absorb_distance=50.0)
+    near = match_poses_to_heatmaps(
+        poses, maps, stride=4.0, settings=MatchSettings(max_absorb_distance=50.0)
+    )
     assert near[0, 1].tolist() == poses[0, 1].tolist()
 
 
@@ -71,7 +74,7 @@ def test_absorb_picks_the_nearest_of_several_peaks():
     joints = torch.tensor([[[70.0, 42.0]], [[110.0, 35.0]], [[190.0, 130.0]]])
     out = absorb_to_peaks(joints, maps, stride=4.0)
     assert out[:, 0].tolist() == [[40.0, 40.0], [120.0, 40.0], [200.0, 120.0]]
-    few = absorb_to_peaks(joints, maps, stride=4.0, num_candidates=1)
+    few = absorb_to_peaks(joints, maps, stride=4.0, settings=MatchSettings(num_candidates=1))
     assert few[:, 0].tolist() == [[40.0, 40.0]] * 2 + [[190.0, 130.0]]  # the rest > 75 px
 
 
