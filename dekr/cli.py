@@ -9,6 +9,7 @@ other exception is a bug: its traceback is printed and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -167,19 +168,10 @@ def eval_main(argv: list[str] | None = None) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from dekr.predict import SUMMARY, predict_files
 
-    written = predict_files(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        flip=args.flip,
-        scales=args.scales,
-        batch_size=args.batch_size,
-        score_threshold=args.score_threshold,
-        onnx=args.onnx,
-        annotations=args.annotations,
-        strict=args.strict,
-        recursive=args.recursive,
-    )
+    # Options left out on the command line are not in ``args``: predict_files' defaults apply.
+    options = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "inputs", "out")}
+    options.pop("debug")
+    written = predict_files(args.checkpoint, args.inputs, args.out, **options)
     print(f"wrote {written} (COCO results) and {written.with_name(SUMMARY)} (per image)")
     return 0
 
@@ -199,44 +191,31 @@ def predict_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders or video files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
+    # The options below have no argparse default (SUPPRESS): the defaults are predict_files'.
+    option = functools.partial(parser.add_argument, default=argparse.SUPPRESS)
+    option(
         "--annotations",
         type=Path,
-        default=None,
         help="COCO JSON whose images are the inputs: its image ids (matched by file_name) are "
         "used in predictions.json (default: 1, 2, ... in input order)",
     )
-    parser.add_argument(
+    option(
         "--strict",
         action="store_true",
         help="stop at the first unreadable input (default: skip it with a warning)",
     )
-    parser.add_argument(
-        "--recursive", action="store_true", help="also the subfolders of folder inputs"
-    )
-    parser.add_argument(
+    option("--recursive", action="store_true", help="also the subfolders of folder inputs")
+    option(
         "--flip",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="flip test (default: the recipe's)",
     )
-    parser.add_argument(
-        "--scales",
-        type=float,
-        nargs="+",
-        default=None,
-        help="test scales, e.g. 2 1 0.5 (default: the recipe's)",
+    option(
+        "--scales", type=float, nargs="+", help="test scales, e.g. 2 1 0.5 (default: the recipe's)"
     )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument(
-        "--score-threshold", type=float, default=0.05, help="minimum pose score to draw"
-    )
-    parser.add_argument(
-        "--onnx",
-        type=Path,
-        default=None,
-        help="run the network through onnxruntime from this exported file",
-    )
+    option("--batch-size", type=int, help="images per network pass")
+    option("--score-threshold", type=float, help="minimum pose score to draw")
+    option("--onnx", type=Path, help="run the network through onnxruntime from this exported file")
     return _run(_predict, parser.parse_args(argv))
 
 

@@ -134,3 +134,30 @@ def test_unknown_section_is_an_error() -> None:
 def test_plain_mapping_is_accepted() -> None:
     recipe = OmegaConf.to_container(recipe_from_dict({}), resolve=True)
     assert section_kwargs(recipe, "loss") == section_kwargs(recipe_from_dict({}), "loss")
+
+
+def test_predict_options_take_the_defaults_of_predict_files(monkeypatch, tmp_path) -> None:
+    """``dekr-predict`` passes only the options given; the defaults are predict_files' own."""
+    import dekr.predict
+    from dekr.cli import predict_main
+
+    params = inspect.signature(dekr.predict.predict_files).parameters
+    calls: list[dict] = []
+
+    def fake(checkpoint, inputs, out, **options):
+        calls.append(options)
+        return tmp_path / "predictions.json"
+
+    monkeypatch.setattr(dekr.predict, "predict_files", fake)
+    base = ["model.ckpt", "a.jpg", "--out", str(tmp_path)]
+    assert predict_main(base) == 0
+    given = ["--annotations", "a.json", "--strict", "--recursive", "--no-flip", "--scales",
+             "1", "0.5", "--batch-size", "2", "--score-threshold", "0.2", "--onnx", "m.onnx"]
+    assert predict_main(base + given) == 0
+    assert calls[0] == {}
+    assert set(calls[1]) <= set(params), set(calls[1]) - set(params)
+    # every keyword option of predict_files is reachable from the command line
+    keyword = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(calls[1]) == keyword
+    assert calls[1]["flip"] is False and calls[1]["batch_size"] == 2
+    assert calls[1]["scales"] == [1.0, 0.5] and calls[1]["score_threshold"] == 0.2

@@ -45,6 +45,7 @@ __all__ = [
     "add_device_targets",
 ]
 
+
 class TrainSampleTransform:
     """Raw sample -> training sample: augmentation, normalisation and (optionally) targets.
 
@@ -206,35 +207,27 @@ class DekrDataModule(pl.LightningDataModule):
         self.target_kwargs = dict(target_kwargs or {})
         self.drop_last = bool(drop_last)
 
-    def _loader(self, dataset: Dataset | None, name: str, **kwargs: Any) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        dataset = self.train_dataset if train else self.val_dataset
         if dataset is None:
-            raise ValueError(f"DekrDataModule: no {name} dataset was given")
+            raise ValueError(f"DekrDataModule: no {split} dataset was given")
         return DataLoader(
             dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
+            collate_fn=collate_train if train else collate_eval,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.train_dataset,
-            "train",
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=self.drop_last,
-            collate_fn=collate_train,
-        )
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.val_dataset,
-            "val",
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            collate_fn=collate_eval,
-        )
+        return self._loader("val")
 
     def val_ground_truth(self) -> Any:
         """The validation split's full ground truth for COCO AP (a pycocotools ``COCO`` with
