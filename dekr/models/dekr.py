@@ -29,13 +29,27 @@ class DEKR(HRNet):
         num_keypoints: K.
         adaptive_impl: ``"auto"``, ``"deform"`` or ``"grid_sample"`` (see
             :mod:`dekr.models.adaptive`); the choice does not change the parameters.
+        offset_scale: output pixels per unit of the offset branches' final convolutions
+            (official: 1). The offsets are still returned in output pixels. With the official
+            N(0, 0.001²) initialisation and Adam, whose steps are bounded by the learning rate,
+            offsets of tens of pixels take about a thousand steps to reach at scale 1; a larger
+            scale shortens that for short runs (``recipes/quickstart.yaml``).
     """
 
-    def __init__(self, spec: HRNetSpec, num_keypoints: int, adaptive_impl: str = "auto") -> None:
+    def __init__(
+        self,
+        spec: HRNetSpec,
+        num_keypoints: int,
+        adaptive_impl: str = "auto",
+        offset_scale: float = 1.0,
+    ) -> None:
         super().__init__(spec)
         if num_keypoints < 1:
             raise OptionError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        if not offset_scale > 0:
+            raise OptionError(f"offset_scale must be > 0, got {offset_scale}")
         self.num_keypoints = num_keypoints
+        self.offset_scale = float(offset_scale)
         feat = self.out_channels
         hc, oc = spec.head_channels, spec.offset_channels_per_keypoint
         # Official layer order and names (hrnet_dekr.py:63-137); transitions use default BN.
@@ -67,8 +81,8 @@ class DEKR(HRNet):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         feature = self.concat(super().forward(images))
         heatmaps = self.head_heatmap[1](self.head_heatmap[0](self.transition_heatmap(feature)))
-        offset_feature = self.transition_offset(feature)
-        return heatmaps, self._offsets(offset_feature)
+        offsets = self._offsets(self.transition_offset(feature))
+        return heatmaps, offsets if self.offset_scale == 1.0 else offsets * self.offset_scale
 
     def _offsets(self, feature: Tensor) -> Tensor:
         """The K offset branches: as grouped calls (one per block, same parameters and result)
@@ -121,6 +135,7 @@ def build_model(
     *,
     num_keypoints: int,
     adaptive_impl: str = "auto",
+    offset_scale: float = 1.0,
 ) -> DEKR:
     """A DEKR network with the official initialisation.
 
@@ -128,6 +143,7 @@ def build_model(
         backbone: a name from :data:`HRNET_SPECS` or an :class:`HRNetSpec`.
         num_keypoints: K (from the :class:`~dekr.keypoints.KeypointSpec`).
         adaptive_impl: adaptive convolution implementation.
+        offset_scale: see :class:`DEKR` (official: 1).
     """
     if isinstance(backbone, str):
         try:
@@ -138,6 +154,6 @@ def build_model(
             ) from None
     else:
         spec = backbone
-    model = DEKR(spec, num_keypoints, adaptive_impl)
+    model = DEKR(spec, num_keypoints, adaptive_impl, offset_scale)
     init_official(model)
     return model

@@ -92,7 +92,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     Accepts a bare state dict, or a dict holding one under ``state_dict`` / ``model``; strips a
     ``module.`` prefix left by DataParallel/DDP.
     """
-    obj = read_checkpoint(path)
+    return _state_dict_of(read_checkpoint(path), path)
+
+
+def _state_dict_of(obj: Any, path: str | Path) -> dict[str, Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -156,13 +159,26 @@ def load_official_dekr(
     Returns:
         the K-dependent layers left re-initialised (empty for a strict load).
     """
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    scale = 1.0  # the official layout's offset scale
+    if isinstance(source, (str, Path)):
+        obj = read_checkpoint(source)
+        state = _state_dict_of(obj, source)
+        scale = _offset_scale_of(obj)
+    else:
+        state = dict(source)
     state = _network_state(state)
     name = str(source) if isinstance(source, (str, Path)) else "state dict"
     own = model.state_dict()
     theirs_k, own_k = _num_keypoints(state), _num_keypoints(own)
     if theirs_k == own_k or theirs_k is None or not partial:
         _check(model, state, name, set(own))
+        # The same offsets in output pixels under the model's offset scale (DEKR.offset_scale).
+        ratio = scale / getattr(model, "offset_scale", 1.0)
+        if ratio != 1.0:
+            state = {
+                k: v * ratio if k.startswith("offset_final_layer.") else v
+                for k, v in state.items()
+            }
         model.load_state_dict(state, strict=False)  # _check above is the strict check
         return []
     kept = {k: v for k, v in state.items() if not k.startswith(K_DEPENDENT_PREFIXES)}
@@ -174,6 +190,15 @@ def load_official_dekr(
             if key in state and key in own:
                 own[key][-1].copy_(state[key][-1])
     return [p.rstrip(".") for p in K_DEPENDENT_PREFIXES]
+
+
+def _offset_scale_of(checkpoint: Any) -> float:
+    """The ``model.offset_scale`` a dekr checkpoint was trained with (1, the official value, for
+    other files)."""
+    try:
+        return float(checkpoint["hyper_parameters"]["recipe"]["model"].get("offset_scale", 1.0))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return 1.0
 
 
 def _num_keypoints(state: Mapping[str, Tensor]) -> int | None:
