@@ -99,7 +99,13 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+# Submodules that the documentation uses as ``dekr.<name>.…`` after a plain ``import dekr``.
+_SUBMODULES = ("weights",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dekr.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dekr' has no attribute {name!r}")

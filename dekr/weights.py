@@ -297,7 +297,22 @@ def _verify(weights: Weights, path: Path) -> None:
             f"use; delete {_record_path(path)} if the new file is the one you want"
         )
     if not current:
+        if known is None and not (weights.sha256 or weights.sha256_prefix):
+            _check_file_structure(weights, path)  # a wrong file must not pin its digest
         _write_record(path, digest)
+
+
+def _check_file_structure(weights: Weights, path: Path) -> None:
+    """A file of an entry without a published checksum holds what its entry describes."""
+    if weights.kind == "backbone":
+        with tempfile.TemporaryDirectory() as tmp:
+            _imagenet_backbone(weights, path, Path(tmp) / "backbone.pth")
+    elif weights.layout == "dekr":
+        from dekr.module import load_checkpoint
+
+        load_checkpoint(path)
+    else:
+        _checked(weights, path)
 
 
 def fetch_file(weights: Weights, *, timeout: float = 60.0) -> Path:
@@ -330,7 +345,11 @@ def fetch_file(weights: Weights, *, timeout: float = 60.0) -> Path:
                 reason = getattr(err, "reason", None) or str(err) or type(err).__name__
                 failures.append(f"{url} ({first_line(reason)})")
                 continue
-            _verify(weights, target)  # records the digest (hashed once more, from disk)
+            try:
+                _verify(weights, target)  # records the digest (hashed once more, from disk)
+            except Exception:
+                target.unlink(missing_ok=True)  # a file that fails its checks is not cached
+                raise
             return target
         raise WeightsDownloadError(
             f"{weights.name}: download of {'; '.join(failures)} failed; "
@@ -483,17 +502,21 @@ def resolve_backbone(value: PathLike) -> Path:
             f"model.weights={value} (or as a checkpoint), not as model.pretrained"
         )
 
-    def make(source: Path, out: Path) -> None:
-        from dekr.convert import convert_imagenet
+    return _converted(
+        weights, "backbone.pth", lambda source, out: _imagenet_backbone(weights, source, out)
+    )
 
-        _path, backbone, _count = convert_imagenet(source, out)
-        if weights.backbone and backbone != weights.backbone:
-            out.unlink()
-            raise WeightsError(
-                f"{source}: a {backbone} backbone, entry {weights.name} is {weights.backbone}"
-            )
 
-    return _converted(weights, "backbone.pth", make)
+def _imagenet_backbone(weights: Weights, source: Path, out: Path) -> None:
+    """Convert an ImageNet file to the backbone ``out`` holds; it must be the entry's width."""
+    from dekr.convert import convert_imagenet
+
+    _path, backbone, _count = convert_imagenet(source, out)
+    if weights.backbone and backbone != weights.backbone:
+        out.unlink()
+        raise WeightsError(
+            f"{source}: a {backbone} backbone, entry {weights.name} is {weights.backbone}"
+        )
 
 
 # ------------------------------------------------------------------------------------ entries

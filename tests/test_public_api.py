@@ -36,3 +36,10 @@ def test_import_dekr_stays_light() -> None:
     code = f"import sys, dekr; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_weights_registry_is_reachable_after_import_dekr() -> None:
+    """The README's ``dekr.weights.register(dekr.weights.Weights(...))`` after ``import dekr``."""
+    code = "import dekr; print(dekr.weights.register.__module__, dekr.weights.Weights.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["dekr.weights", "Weights"]

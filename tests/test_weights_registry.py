@@ -320,13 +320,30 @@ def test_cloud_drive_entry_prints_instructions_then_uses_a_hand_placed_file(
     torch.save(tiny_official(seed=5), target)  # another file later: refused
     with pytest.raises(weights.ChecksumError, match="recorded on first use"):
         weights.fetch_file(entry)
-    # A file of another structure is refused by the structure check.
+    # A file of another structure is refused by the structure check, before its digest is
+    # recorded: the right file put there afterwards is accepted.
     target.unlink()
     target.with_name(target.name + ".sha256").unlink()
     torch.save(tiny_official(), target)
     weights.register(weights.Weights(**{**entry.as_dict(), "name": "drive17", "keypoints": "coco"}))
-    with pytest.raises(ValueError, match="K=3 keypoints, entry drive17 has 17"):
-        weights.resolve_model_weights("drive17")
+    fetch = lambda name: weights.fetch_file(weights.get_weights(name))  # noqa: E731
+    for check in (weights.resolve_model_weights, fetch):
+        with pytest.raises(ValueError, match="K=3 keypoints, entry drive17 has 17"):
+            check("drive17")
+        assert not target.with_name(target.name + ".sha256").exists()
+    torch.save(tiny_official(k=17), target)
+    assert weights.resolve_model_weights("drive17") == target
+    assert target.with_name(target.name + ".sha256").exists()
+
+
+def test_download_without_checksum_that_fails_its_structure_is_not_cached(
+    tmp_path: Path, home: Path
+) -> None:
+    entry, source = model_entry(tmp_path, name="nosum17", sha256=None, keypoints="coco")
+    with pytest.raises(ValueError, match="K=3 keypoints, entry nosum17 has 17"):
+        weights.fetch_file(entry)  # the file holds K=3: refused, and not left in the cache
+    assert not (home / "downloads" / source.name).exists()
+    assert not list((home / "downloads").glob("*.sha256"))
 
 
 # ------------------------------------------------------------------------------------ resolution
