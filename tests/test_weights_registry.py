@@ -259,6 +259,40 @@ def test_http_download_and_one_download_for_concurrent_callers(tmp_path: Path) -
     assert results[0].read_bytes() == source.read_bytes()
 
 
+_FETCH_IN_A_PROCESS = """
+import json, sys
+import dekr.weights as w
+entry = w.Weights(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in json.loads(sys.argv[1]).items()})
+print(w.fetch_file(entry))
+"""
+
+
+@pytest.mark.slow  # three Python processes
+def test_one_download_for_concurrent_processes(tmp_path: Path, home: Path) -> None:
+    """DDP ranks are processes: the file lock lets one download while the others wait."""
+    import os
+    import subprocess
+    import sys
+
+    entry, source = model_entry(tmp_path, urls=())
+    with serve(source.parent) as (url, requests):
+        fields = json.dumps({**entry.as_dict(), "urls": [f"{url}/{source.name}"]})
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _FETCH_IN_A_PROCESS, fields],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "DEKR_HOME": str(home)},
+            )
+            for _ in range(3)
+        ]  # fmt: skip
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _out, err in outs]
+    paths = {out.strip().splitlines()[-1] for out, _err in outs}
+    assert paths == {str(home / "downloads" / source.name)} and len(requests) == 1
+    assert Path(paths.pop()).read_bytes() == source.read_bytes()
+
+
 def test_checksum_mismatch_is_refused_and_nothing_cached(tmp_path: Path, home: Path) -> None:
     entry, _ = model_entry(tmp_path, sha256="0" * 64)
     with pytest.raises(weights.ChecksumError, match="does not match the published"):
@@ -355,6 +389,10 @@ def test_existing_path_wins_and_unknown_names_are_clear(
     Path("tiny_coco").write_text("not a checkpoint")
     assert weights.resolve_checkpoint("tiny_coco") == Path("tiny_coco")
     assert weights.resolve_model_weights("tiny_coco") == Path("tiny_coco")
+    weights.register(weights.Weights(**{**weights.get_weights("tiny_coco").as_dict(),
+                                        "name": "tiny_backbone", "kind": "backbone"}))  # fmt: skip
+    Path("tiny_backbone").write_text("not a backbone")
+    assert weights.resolve_backbone("tiny_backbone") == Path("tiny_backbone")
     with pytest.raises(FileNotFoundError, match="neither a file nor a registered weights name"):
         load_checkpoint("no_such_weights")
     with pytest.raises(FileNotFoundError, match="checkpoint not found: nope.ckpt"):
