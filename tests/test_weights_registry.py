@@ -625,3 +625,25 @@ def test_mmpose_file_with_numpy_meta_loads_and_code_is_refused(tmp_path: Path, c
     with pytest.raises(ValueError, match=r"evil.pth: it holds a \S*print object"):
         convert.read_tensors_only(evil)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_mmpose_entry_by_name_converts_through_the_cache(tmp_path: Path, home: Path) -> None:
+    """A registered MMPose-layout entry resolves by name to a dekr checkpoint whose network is
+    the MMPose network (the same heatmaps and the negated displacements)."""
+    k = 3
+    sd = mmpose_state("hrnet_w8_tiny", k, seed=3)
+    source = tmp_path / "src" / "dekr_tiny_mmpose-0a1b2c3d.pth"
+    source.parent.mkdir()
+    torch.save({"state_dict": sd, "meta": {"epoch": 1}}, source)
+    fields = dict(filename=source.name, sha256=sha256(source), layout="mmpose_dekr")
+    model_entry(tmp_path, name="tiny_mmpose", urls=(source.as_uri(),), **fields)
+    path = weights.resolve_checkpoint("tiny_mmpose")
+    assert path.is_file() and path.is_relative_to(home / "converted")
+    model = load_checkpoint("tiny_mmpose").model.eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        heatmaps, offsets = model(images)
+        ref_heatmaps, displacements = mmpose_forward(sd, images, k, "hrnet_w8_tiny")
+    torch.testing.assert_close(heatmaps, ref_heatmaps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(offsets, -displacements, rtol=1e-4, atol=1e-4)
+    assert weights.resolve_checkpoint("tiny_mmpose") == path  # converted once, then cached
