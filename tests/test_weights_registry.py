@@ -647,3 +647,27 @@ def test_mmpose_entry_by_name_converts_through_the_cache(tmp_path: Path, home: P
     torch.testing.assert_close(heatmaps, ref_heatmaps, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(offsets, -displacements, rtol=1e-4, atol=1e-4)
     assert weights.resolve_checkpoint("tiny_mmpose") == path  # converted once, then cached
+
+
+def test_timm_safetensors_backbone_entry_by_name(tmp_path: Path, home: Path) -> None:
+    """timm publishes its ImageNet HRNets as ``.safetensors`` (read with the ``safetensors``
+    extra): a backbone entry of that format resolves by name to the backbone's tensors, the
+    classification-only keys dropped."""
+    from safetensors.torch import save_file
+
+    torch_file = tmp_path / "imagenet.pth"
+    state = backbone_file(torch_file)
+    full = torch.load(torch_file, weights_only=True)
+    source = tmp_path / "src" / "model.safetensors"
+    source.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in full.items()}, str(source))
+    fields = dict(kind="backbone", layout="timm_hrnet", filename=source.name)
+    model_entry(tmp_path, name="tiny_timm", urls=(source.as_uri(),), sha256=sha256(source),
+                **fields)  # fmt: skip
+    path = weights.resolve_backbone("tiny_timm")
+    kept = torch.load(path, weights_only=True)
+    assert set(kept) == set(state)
+    assert all(torch.equal(kept[k], state[k]) for k in state)
+    model = build_model("hrnet_w8_tiny", num_keypoints=17)
+    dekr.load_imagenet_backbone(model, path)
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
