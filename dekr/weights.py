@@ -307,10 +307,14 @@ def _check_file_structure(weights: Weights, path: Path) -> None:
     if weights.kind == "backbone":
         with tempfile.TemporaryDirectory() as tmp:
             _imagenet_backbone(weights, path, Path(tmp) / "backbone.pth")
-    elif weights.layout == "dekr":
-        from dekr.module import load_checkpoint
+    elif weights.layout == "dekr":  # a dekr checkpoint: its network keys are model.*
+        from dekr.models.weights import read_state_dict
 
-        load_checkpoint(path)
+        state = read_state_dict(path)
+        network = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        if not network:
+            raise CheckpointError(f"{path}: not a dekr checkpoint (no model.* tensors)")
+        _check_structure(weights, network, str(path))
     else:
         _checked(weights, path)
 

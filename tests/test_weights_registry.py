@@ -439,6 +439,26 @@ def test_predict_by_name_end_to_end(tmp_path: Path, home: Path) -> None:
     assert (home / "converted" / "tiny_coco" / "model.ckpt").is_file()
 
 
+def test_dekr_layout_entry_without_checksum_is_checked_by_structure(
+    tmp_path: Path, home: Path
+) -> None:
+    """A dekr checkpoint entry without a published checksum: a file without dekr network keys is
+    refused before its digest is recorded; the dekr checkpoint is then accepted."""
+    model_entry(tmp_path)
+    ckpt = weights.resolve_checkpoint("tiny_coco")  # a dekr checkpoint made by conversion
+    entry, _ = model_entry(tmp_path, name="tiny_dekr", layout="dekr", filename="tiny.ckpt",
+                           urls=(), sha256=None)  # fmt: skip
+    target = home / "downloads" / "tiny.ckpt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_official(), target)  # official layout, not a dekr checkpoint
+    with pytest.raises(ValueError, match="not a dekr checkpoint"):
+        weights.fetch_file(entry)
+    assert not target.with_name("tiny.ckpt.sha256").exists()
+    target.write_bytes(ckpt.read_bytes())
+    assert weights.resolve_checkpoint("tiny_dekr") == target
+    assert target.with_name("tiny.ckpt.sha256").exists()
+
+
 # ------------------------------------------------------------------------------------ MMPose
 # The MMPose 1.x DEKR head's keys and shapes, read off mmpose/models/heads/hybrid_heads/
 # dekr_head.py (DEKRHead: heatmap_conv_layers = ConvModule(1x1)+BN 'conv'/'bn', BasicBlock
