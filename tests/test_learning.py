@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from conftest import REPO, tiny_overrides
 
+from dekr.binding import section_kwargs
 from dekr.config import load_recipe
 from dekr.loss import DEKRLoss
 from dekr.models.dekr import build_model
@@ -26,8 +27,9 @@ def test_loss_halves_on_a_fixed_batch(synthetic_root: Path, tmp_path: Path) -> N
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["offset_weights"].gt(0).any(), "the batch must hold people with offsets"
-    model = build_model(recipe.model.backbone, num_keypoints=batch["heatmaps"].shape[1] - 1)
-    criterion = DEKRLoss(recipe.loss.heatmap_factor, recipe.loss.offset_factor)
+    k = batch["heatmaps"].shape[1] - 1
+    model = build_model(**section_kwargs(recipe, "model"), num_keypoints=k)
+    criterion = DEKRLoss(**section_kwargs(recipe, "loss"))
     optim = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, fused=True)  # as DekrModule
     model.train()
     losses = []

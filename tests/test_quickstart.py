@@ -1,7 +1,7 @@
 """The quickstart learns: its recipe as committed (model, synthetic data of the same scenes,
 augmentation, loss, optimiser), three pinned epochs instead of the time budget so that the result
 does not depend on the machine's speed, against the same network untrained. One epoch is not
-enough to tell them apart (measured: AP 0.001 against 0.000)."""
+enough to tell them apart reliably (three epochs: AP 0.292 against 0.000, measured)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dekr.training import evaluate, train
 QUICK = REPO / "recipes" / "quickstart.yaml"
 
 
-@pytest.mark.slow  # about 2.5 minutes: 1,100 synthetic images, three epochs, two validations
+@pytest.mark.slow  # about 1.5 minutes: 1,100 synthetic images, three epochs, two validations
 @pytest.mark.integration
 def test_one_epoch_of_the_quickstart_beats_the_untrained_network(
     tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture
@@ -42,5 +42,7 @@ def test_one_epoch_of_the_quickstart_beats_the_untrained_network(
     blank_ap = evaluate(untrained, [f"data.synthetic.root={data}"])["AP"]
     capsys.readouterr()
     assert math.isfinite(trained_ap) and math.isfinite(blank_ap)
-    # measured on a 2-core machine: AP 0.040 after three epochs (2.2 min), 0.000 untrained
-    assert trained_ap >= 0.02 and trained_ap >= blank_ap + 0.02, (trained_ap, blank_ap)
+    # measured on a 2-core machine (AMD EPYC): AP 0.292 after three epochs (80-100 s in all),
+    # 0.000 untrained; the recipe before hrnet_w24_tiny / offset_scale / flips-only augmentation
+    # gave 0.006 there and 0.040 on another machine, too close to chance for a test
+    assert trained_ap >= 0.1 and trained_ap >= blank_ap + 0.1, (trained_ap, blank_ap)
