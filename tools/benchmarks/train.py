@@ -1,6 +1,6 @@
 """Training throughput: images per second of full training steps (forward, loss, backward, Adam).
 
-The quickstart model (``hrnet_w8_tiny``, 8 × 128²) and W32 at 512 (batch 2), in fp32, bf16
+The quickstart model (``hrnet_w24_tiny``, 8 × 128²) and W32 at 512 (batch 2), in fp32, bf16
 autocast and channels-last, with targets built in the data pipeline (numpy, per sample) or on the
 device (``encode_targets_batch``, per batch). Data decoding/augmentation is excluded: the batch is
 a fixed synthetic one, so the figures are the model + target cost only. Records
@@ -22,7 +22,7 @@ from dekr.targets import encode_targets, encode_targets_batch
 from .timing import median_time, record
 
 # case: (backbone, batch, input side, timed steps)
-CASES = {"quickstart": ("hrnet_w8_tiny", 8, 128, 10), "w32": ("hrnet_w32", 2, 512, 3)}
+CASES = {"quickstart": ("hrnet_w24_tiny", 8, 128, 10), "w32": ("hrnet_w32", 2, 512, 3)}
 # variant: (bf16 autocast, channels-last, targets on the device)
 VARIANTS = {
     "fp32": (False, False, False),
