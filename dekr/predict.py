@@ -457,7 +457,9 @@ class _FixedSizeONNX:
         if (h, w) != self.size:
             raise OptionError(
                 f"{self.model.path} was exported for a fixed {self.size[0]}x{self.size[1]} "
-                f"input, this image needs {h}x{w}: export with --dynamic for dekr-predict"
+                f"input, this image needs {h}x{w}: export with --dynamic for dekr-predict "
+                "(every test scale but 1 needs another size: --scales 1 runs the scale-1 pass "
+                "alone)"
             )
         if images.shape[0] == self.batch or self.batch != 1:
             return self.model(images)
