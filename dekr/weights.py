@@ -308,10 +308,9 @@ def _check_file_structure(weights: Weights, path: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _imagenet_backbone(weights, path, Path(tmp) / "backbone.pth")
     elif weights.layout == "dekr":  # a dekr checkpoint: its network keys are model.*
-        from dekr.models.weights import read_state_dict
+        from dekr.models.weights import model_tensors, read_state_dict
 
-        state = read_state_dict(path)
-        network = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        network = model_tensors(read_state_dict(path))
         if not network:
             raise CheckpointError(f"{path}: not a dekr checkpoint (no model.* tensors)")
         _check_structure(weights, network, str(path))
@@ -450,13 +449,9 @@ def resolve_model_weights(value: PathLike) -> Path:
         from dekr.convert import atomic_write, official_state
 
         if weights.layout == "dekr":  # a dekr checkpoint: its network keys are model.*
-            from dekr.models.weights import read_state_dict
+            from dekr.models.weights import model_tensors, read_state_dict
 
-            state = {
-                k.removeprefix("model."): v
-                for k, v in read_state_dict(source).items()
-                if k.startswith("model.")
-            }
+            state = model_tensors(read_state_dict(source))
         else:
             state = official_state(source, weights.layout)
         atomic_write(out, lambda tmp: torch.save(state, tmp))

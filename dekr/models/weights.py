@@ -104,11 +104,17 @@ def _state_dict_of(obj: Any, path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def model_tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The ``model.*`` tensors of a dekr (Lightning) checkpoint's state dict, without the
+    prefix (the network's own keys); empty when there are none."""
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
 def _network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The network's tensors of a dekr (Lightning) checkpoint's ``model.*`` keys; other state
     dicts unchanged."""
     if state and all(k.startswith("model.") for k in state):
-        return {k.removeprefix("model."): v for k, v in state.items()}
+        return model_tensors(state)
     return state
 
 
