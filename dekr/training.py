@@ -17,7 +17,12 @@ from typing import Any, Optional, Union
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    Timer,
+    TQDMProgressBar,
+)
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -497,6 +502,29 @@ def train(
     return {"metrics": metrics, "last": ckpt_dir / "last.ckpt", "best": ckpt_dir / "best.ckpt"}
 
 
+def _hard_stop_cut(trainer: pl.Trainer) -> Optional[str]:
+    """The line that says Lightning's hard stop (``trainer.max_time_minutes``) ended training
+    before its schedule did, or None: a cut run's AP is not that of its recipe."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = None if timer is None else timer.time_remaining("train")
+    if remaining is None or remaining > 0:
+        return None
+    if trainer.max_steps and trainer.max_steps > 0:
+        if trainer.global_step >= trainer.max_steps:
+            return None
+        where = f"step {trainer.global_step} of {trainer.max_steps}"
+    elif trainer.current_epoch >= (trainer.max_epochs or 0):
+        return None
+    else:
+        where = f"step {trainer.global_step}, with {trainer.max_epochs} epochs planned"
+    limit = (timer.time_elapsed("train") + remaining) / 60
+    return (
+        f"stopped by trainer.max_time_minutes ({limit:g}) at {where}: the learning-rate "
+        "schedule did not finish, so this AP is not the recipe's (raise trainer.max_time_minutes "
+        "or set it to null to run the schedule to its end)"
+    )
+
+
 def _closing_lines(
     trainer: pl.Trainer,
     module: DekrModule,
@@ -522,6 +550,9 @@ def _closing_lines(
     else:  # e.g. stopped by trainer.max_time_minutes before the first epoch ended
         print("no checkpoint was written (the run ended before its first epoch did)")
     minutes = (time_budget.now() - started) / 60
+    cut = _hard_stop_cut(trainer)
+    if cut:
+        print(cut)
     if budget is not None and budget.plan is not None:
         plan = budget.plan
         steps = math.ceil(plan.batches / trainer.accumulate_grad_batches)

@@ -306,3 +306,18 @@ def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
     dm.setup("fit")
     batches = len(dm.train_dataloader())
     assert batches >= 2 and ckpt["global_step"] == math.ceil(batches / 2)
+
+
+def test_hard_stop_that_cuts_the_schedule_is_said(synthetic_root: Path, tmp_path: Path, capsys):
+    """Lightning's hard stop ending training before its schedule: the closing lines say so."""
+    from types import SimpleNamespace
+
+    from dekr.training import _hard_stop_cut, train
+
+    assert _hard_stop_cut(SimpleNamespace(callbacks=[])) is None  # no trainer.max_time_minutes
+    extra = {"trainer.max_time_minutes": 1e-4, "trainer.max_epochs": 3}
+    train(load_recipe(REPO / "recipes" / "quickstart.yaml",
+                      tiny_overrides(synthetic_root, tmp_path / "run", **extra)))  # fmt: skip
+    out = capsys.readouterr().out
+    assert "stopped by trainer.max_time_minutes (0.0001) at step 1, with 3 epochs" in out, out
+    assert out.rstrip().splitlines()[-1].startswith("AP ")
