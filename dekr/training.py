@@ -509,14 +509,14 @@ def _hard_stop_cut(trainer: pl.Trainer) -> Optional[str]:
     remaining = None if timer is None else timer.time_remaining("train")
     if remaining is None or remaining > 0:
         return None
-    if trainer.max_steps and trainer.max_steps > 0:
-        if trainer.global_step >= trainer.max_steps:
-            return None
-        where = f"step {trainer.global_step} of {trainer.max_steps}"
-    elif trainer.current_epoch >= (trainer.max_epochs or 0):
-        return None
+    step = trainer.global_step
+    if trainer.max_steps > 0:
+        finished, where = step >= trainer.max_steps, f"step {step} of {trainer.max_steps}"
     else:
-        where = f"step {trainer.global_step}, with {trainer.max_epochs} epochs planned"
+        finished = trainer.current_epoch >= (trainer.max_epochs or 0)
+        where = f"step {step}, with {trainer.max_epochs} epochs planned"
+    if finished:
+        return None
     limit = (timer.time_elapsed("train") + remaining) / 60
     return (
         f"stopped by trainer.max_time_minutes ({limit:g}) at {where}: the learning-rate "
