@@ -121,8 +121,12 @@ def adaptive_conv(
     ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
     positions = disp.reshape(b * g, 9, 2, h, w) + torch.stack(torch.broadcast_tensors(ys, xs), 2)
-    taps = sample_taps(x.reshape(b * g, -1, h, w), positions).reshape(b, -1, h, w)
-    return F.conv2d(taps, weight.reshape(weight.shape[0], -1, 1, 1), groups=g)
+    taps = sample_taps(x.reshape(b * g, -1, h, w), positions)  # (B·G, C·9, H, W), contiguous
+    # The per-group 1x1 contraction as one batched matmul: the same sums as a grouped 1x1
+    # convolution, whose CPU kernel is about 6x slower here forward + backward (docs/benchmarks.md).
+    kernel = weight.reshape(g, weight.shape[0] // g, -1)  # (G, C_out, C·9)
+    out = torch.matmul(kernel, taps.reshape(b, g, -1, h * w))  # (B, G, C_out, H·W)
+    return out.reshape(b, -1, h, w)
 
 
 class AdaptiveConv(nn.Module):
