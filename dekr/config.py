@@ -42,6 +42,9 @@ class ModelConfig:
     # weights of another keypoint count: load the backbone and K-independent head layers only
     weights_partial: bool = False
     channels_last: bool = False  # NHWC memory format (measured 1.5x faster training on CPU)
+    # official: N(0, 0.001²) convolutions (an ImageNet backbone is loaded over them); scratch:
+    # Kaiming-scale convolutions before BatchNorms, for training without pretrained weights
+    init: str = "official"
 
 
 @dataclass
@@ -177,7 +180,8 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
-    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed
+    # 32-true | 16-mixed | bf16-mixed | auto: bf16-mixed where it trains faster (dekr/precision.py)
+    precision: str = "32-true"
     sync_batchnorm: bool = False
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None

@@ -245,7 +245,10 @@ class DekrModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        preds = self.predict_images([s["image"] for s in batch])
+        # fp32 whatever the training precision (Lightning's bf16-mixed autocasts validation
+        # too): the AP of a bf16 run is then the AP dekr-eval and dekr-predict measure
+        with torch.autocast(self.device.type, enabled=False):
+            preds = self.predict_images([s["image"] for s in batch])
         truths = [
             {
                 "keypoints": s["keypoints"],

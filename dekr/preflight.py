@@ -237,9 +237,10 @@ def _heads(state: Mapping[str, Tensor], prefix: str) -> Optional[int]:
     return int(weight.shape[0]) - 1 if isinstance(weight, Tensor) else None
 
 
-def check_resume(path: Path, own: Mapping[str, Tensor], backbone: str) -> None:
+def check_resume(path: Path, own: Mapping[str, Tensor], backbone: str) -> Mapping[str, Any]:
     """``path`` is a dekr training checkpoint that Lightning can resume into the recipe's model
-    (``own``: the LightningModule's state dict): same keys and shapes."""
+    (``own``: the LightningModule's state dict): same keys and shapes. Returns the recipe saved
+    in it."""
     ckpt = read_checkpoint(path)
     what = f"resume={path}"
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
@@ -265,6 +266,7 @@ def check_resume(path: Path, own: Mapping[str, Tensor], backbone: str) -> None:
     missing = sorted(set(own) - set(state))
     if missing:
         raise CheckpointError(f"{what}: the checkpoint lacks {missing[:3]}")
+    return recipe
 
 
 # ------------------------------------------------------------------------ devices

@@ -49,6 +49,7 @@ from dekr.errors import (
 from dekr.keypoints import KeypointSpec
 from dekr.models.weights import load_imagenet_backbone, load_official_dekr
 from dekr.module import DekrModule, load_checkpoint, spec_from_recipe
+from dekr.precision import PrecisionChoice, choose_precision
 from dekr.preflight import (
     check_output_dir,
     check_resume,
@@ -421,7 +422,7 @@ def _prepare(
     train_dataset: Optional[Dataset],
     val_dataset: Optional[Dataset],
     overwrite: bool,
-) -> tuple[KeypointSpec, RecipeDataModule, DekrModule, Optional[str]]:
+) -> tuple[KeypointSpec, RecipeDataModule, DekrModule, Optional[str], Optional[PrecisionChoice]]:
     """Every check of a run (dekr/preflight.py), before anything is printed or written."""
     output_dir = Path(recipe.output_dir)
     if overwrite and recipe.resume:
@@ -443,9 +444,49 @@ def _prepare(
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     module = build_module(recipe)
     ckpt_path = _resume_path(recipe.resume, output_dir)
+    resumed = None
     if ckpt_path is not None:
-        check_resume(Path(ckpt_path), module.state_dict(), recipe.model.backbone)
-    return spec, datamodule, module, ckpt_path
+        resumed = check_resume(Path(ckpt_path), module.state_dict(), recipe.model.backbone)
+    choice = _auto_precision(recipe, module, processes, resumed)
+    return spec, datamodule, module, ckpt_path, choice
+
+
+def _trial_device(accelerator: str) -> torch.device:
+    """The device Lightning trains on for ``trainer.accelerator`` (rank 0's)."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0)
+    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _auto_precision(
+    recipe: DictConfig, module: DekrModule, processes: int, resumed: Optional[Any]
+) -> Optional[PrecisionChoice]:
+    """``trainer.precision=auto`` resolved (dekr/precision.py): a resumed run keeps the precision
+    it started with, a new one times both. The recipe (and so ``recipe.yaml``) and the module's
+    saved recipe get the concrete value; None when the recipe names one itself."""
+    t = recipe.trainer
+    if str(t.precision) != "auto":
+        return None
+    before = ((resumed or {}).get("trainer") or {}).get("precision")
+    if before and before != "auto":
+        choice = PrecisionChoice(str(before), "the precision of the resumed run")
+    else:
+        choice = choose_precision(
+            module.model,
+            batch_size=int(recipe.data.batch_size),
+            input_size=int(recipe.data.input_size),
+            device=_trial_device(t.accelerator),
+            processes=processes,
+            channels_last=bool(recipe.model.channels_last),
+        )
+    t.precision = choice.precision
+    if module.recipe is not None:
+        module.recipe.trainer.precision = choice.precision
+        module.hparams["recipe"]["trainer"]["precision"] = choice.precision
+    return choice
 
 
 def train(
@@ -478,12 +519,14 @@ def train(
     final validation AP as a last line ``AP <value>`` (rank 0).
     """
     started = time_budget.now() if started is None else started
-    recipe = recipe_from_dict(recipe) if not isinstance(recipe, DictConfig) else recipe
+    # a copy: precision=auto is resolved into it, the caller's recipe stays as given
+    recipe = recipe_from_dict(recipe, [])
     if spec is not None:
-        recipe = recipe_from_dict(recipe, [])
         recipe.keypoints = spec.to_dict()
     output_dir = Path(recipe.output_dir)
-    spec, datamodule, module, ckpt_path = _prepare(recipe, train_dataset, val_dataset, overwrite)
+    spec, datamodule, module, ckpt_path, precision = _prepare(
+        recipe, train_dataset, val_dataset, overwrite
+    )
     trainer = build_trainer(recipe, output_dir, callbacks, started=started)
     if trainer.is_global_zero:
         if overwrite:
@@ -492,6 +535,8 @@ def train(
         params = sum(p.numel() for p in module.model.parameters())
         print(f"model {recipe.model.backbone} + DEKR heads: {params / 1e6:.2f} M parameters, "
               f"K={spec.num_keypoints} keypoints; run folder {output_dir}")  # fmt: skip
+        if precision is not None:
+            print(f"precision auto: training in {precision.precision} ({precision.reason})")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if module.last_validated_step != trainer.global_step:  # the final weights were not validated
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -559,7 +604,8 @@ def _closing_lines(
         print(
             f"budget {budget.minutes:g} min: {plan.epochs:.1f} epochs ({plan.batches} batches) "
             f"in {minutes:.1f} min; to pin this plan: trainer.budget_minutes=null "
-            f"trainer.max_epochs={math.ceil(plan.epochs)} trainer.max_steps={steps}"
+            f"trainer.max_epochs={math.ceil(plan.epochs)} trainer.max_steps={steps} "
+            f"trainer.precision={trainer.precision}"
         )
     print(f"AP {metrics.get('AP', float('nan')):.4f}")
 

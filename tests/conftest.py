@@ -48,6 +48,7 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
         "trainer.check_val_every_n_epoch": 1,
         "trainer.log_every_n_steps": 1,
         "trainer.benchmark": False,
+        "trainer.precision": "32-true",  # not timed per machine (tests/test_precision.py)
         "output_dir": str(out),
     }
     items.update(extra)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dekr.errors import OptionError
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv
 from dekr.models.dekr import build_model
 from dekr.models.summary import count_multiply_adds, count_parameters
@@ -101,6 +102,27 @@ def test_official_init() -> None:
     assert torch.count_nonzero(block.translation_conv.bias) == 0
     assert model.conv1.weight.std().item() == pytest.approx(0.001, rel=0.3)
     assert torch.equal(model.bn1.weight, torch.ones_like(model.bn1.weight))
+
+
+def test_scratch_init_draws_the_convolutions_before_batchnorms_at_kaiming_scale() -> None:
+    torch.manual_seed(0)
+    model = build_model("hrnet_w24_tiny", num_keypoints=17, init="scratch")
+    for conv in (model.conv1, model.transition_offset[0], model.head_heatmap[0][0].conv1):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.2), conv
+    # what no BatchNorm follows keeps the official values: the output convolutions N(0, 0.001²)
+    # with zero biases, the adaptive blocks' transform and translation convolutions 0
+    outputs = (model.head_heatmap[1], *model.offset_final_layer)
+    assert model.head_heatmap[1].weight.std().item() == pytest.approx(0.001, rel=0.2)
+    offset_weights = torch.cat([c.weight.flatten() for c in model.offset_final_layer])
+    assert offset_weights.std().item() == pytest.approx(0.001, rel=0.2)
+    assert all(torch.count_nonzero(c.bias) == 0 for c in outputs)
+    for block in model.offset_feature_layers[3]:
+        assert torch.count_nonzero(block.transform_matrix_conv.weight) == 0
+        assert torch.count_nonzero(block.translation_conv.weight) == 0
+    assert torch.equal(model.bn1.weight, torch.ones_like(model.bn1.weight))
+    with pytest.raises(OptionError, match="model.init='kaiming' unknown"):
+        build_model("hrnet_w8_tiny", num_keypoints=3, init="kaiming")
 
 
 def _random_affine(b: int, h: int, w: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,9 @@ from dekr.errors import OptionError
 from dekr.models.adaptive import AdaptBlock, AdaptiveConv, can_group, grouped_adapt_blocks
 from dekr.models.hrnet import HRNET_SPECS, BasicBlock, HRNet, HRNetSpec, conv_bn
 
-__all__ = ["DEKR", "build_model", "init_official"]
+__all__ = ["DEKR", "build_model", "init_official", "init_from_scratch", "INITS"]
+
+INITS = ("official", "scratch")
 
 
 class DEKR(HRNet):
@@ -130,21 +132,49 @@ def init_official(model: nn.Module) -> None:
                 nn.init.zeros_(conv.bias)
 
 
+def init_from_scratch(model: DEKR) -> None:
+    """:func:`init_official`, but every convolution that a BatchNorm follows (the backbone, the
+    transitions, the heads' blocks) drawn as torchvision's ResNets draw theirs (Kaiming normal,
+    fan-out, ReLU gain) instead of N(0, 0.001²).
+
+    The official scale suits a network whose backbone is then loaded from ImageNet weights. From
+    scratch, a BatchNorm makes its convolution's output independent of the weights' scale while
+    Adam moves every weight by about the learning rate per step, so weights of 0.001 change
+    several times their own size in one step at the quickstart's learning rate; at Kaiming scale
+    (0.03-0.3 at these widths) a step changes them by a few percent. The output convolutions
+    (heatmaps, offsets; no BatchNorm after them) keep N(0, 0.001²) and the adaptive blocks'
+    transform and translation convolutions stay 0, as official.
+    """
+    init_official(model)
+    kept = {id(model.head_heatmap[1]), *(id(c) for c in model.offset_final_layer)}
+    for m in model.modules():
+        if isinstance(m, AdaptBlock):
+            kept.update((id(m.transform_matrix_conv), id(m.translation_conv)))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and id(m) not in kept:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 def build_model(
     backbone: str | HRNetSpec = "hrnet_w32",
     *,
     num_keypoints: int,
     adaptive_impl: str = "auto",
     offset_scale: float = 1.0,
+    init: str = "official",
 ) -> DEKR:
-    """A DEKR network with the official initialisation.
+    """A DEKR network, initialised.
 
     Args:
         backbone: a name from :data:`HRNET_SPECS` or an :class:`HRNetSpec`.
         num_keypoints: K (from the :class:`~dekr.keypoints.KeypointSpec`).
         adaptive_impl: adaptive convolution implementation.
         offset_scale: see :class:`DEKR` (official: 1).
+        init: ``"official"`` (:func:`init_official`, for a backbone then loaded from ImageNet
+            weights) or ``"scratch"`` (:func:`init_from_scratch`, for training without them).
     """
+    if init not in INITS:
+        raise OptionError(f"model.init={init!r} unknown; expected one of {INITS}")
     if isinstance(backbone, str):
         try:
             spec = HRNET_SPECS[backbone]
@@ -155,5 +185,5 @@ def build_model(
     else:
         spec = backbone
     model = DEKR(spec, num_keypoints, adaptive_impl, offset_scale)
-    init_official(model)
+    (init_official if init == "official" else init_from_scratch)(model)
     return model

@@ -1,0 +1,135 @@
+"""trainer.precision=auto: bf16 autocast where it trains faster (dekr/precision.py), on fake
+clocks so that the choice does not depend on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, tiny_overrides
+
+import dekr.precision
+import dekr.training
+from dekr.config import load_recipe
+from dekr.models.dekr import build_model
+from dekr.precision import choose_precision
+from dekr.training import train
+
+_in_bf16 = [False]  # set while a timed pass runs in bf16 autocast (fixture timed_passes)
+
+
+def _clock(fp32_s: float, bf16_s: float) -> Callable[[], float]:
+    """A clock read at the start and at the end of each timed pass, on which a pass takes
+    ``fp32_s`` seconds, or ``bf16_s`` in bf16 autocast."""
+    t, reads = [0.0], [0]
+
+    def clock() -> float:
+        reads[0] += 1
+        if reads[0] % 2 == 0:  # a pass's end
+            t[0] += bf16_s if _in_bf16[0] else fp32_s
+        return t[0]
+
+    return clock
+
+
+@pytest.fixture
+def timed_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record which precision a timed pass ran in (the clock reads it at the pass's end)."""
+    original = dekr.precision._step_seconds
+
+    def step_seconds(model, images, device, bf16, steps, clock):  # type: ignore[no-untyped-def]
+        _in_bf16[0] = bf16
+        try:
+            return original(model, images, device, bf16, steps, clock)
+        finally:
+            _in_bf16[0] = False
+
+    monkeypatch.setattr(dekr.precision, "_step_seconds", step_seconds)
+    monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: True)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("hrnet_w8_tiny", num_keypoints=3)
+
+
+@pytest.mark.parametrize(
+    ("fp32_s", "bf16_s", "expected"),
+    [(1.0, 0.7, "bf16-mixed"), (1.0, 0.95, "32-true"), (1.0, 1.5, "32-true")],
+)
+def test_auto_picks_bf16_only_where_it_is_clearly_faster(
+    timed_passes: None, fp32_s: float, bf16_s: float, expected: str
+) -> None:
+    choice = choose_precision(_model(), batch_size=2, input_size=64, device=torch.device("cpu"),
+                              steps=2, clock=_clock(fp32_s, bf16_s))  # fmt: skip
+    assert choice.precision == expected, choice
+    assert choice.fp32_s == pytest.approx(fp32_s) and choice.bf16_s == pytest.approx(bf16_s)
+    assert f"{fp32_s / bf16_s:.2f}x" in choice.reason
+
+
+def test_the_trial_leaves_the_model_and_the_random_streams_alone(timed_passes: None) -> None:
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    choose_precision(model, batch_size=2, input_size=64, device=torch.device("cpu"), steps=1,
+                     clock=_clock(1.0, 0.5))  # fmt: skip
+    after_trial = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after_trial)  # the global generator was not drawn from
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # weights and BatchNorm statistics
+
+
+def test_auto_does_not_time_without_native_bf16_or_with_several_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(*args: object) -> float:
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(dekr.precision, "_step_seconds", never)
+    kw = dict(batch_size=2, input_size=64, device=torch.device("cpu"))
+    monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: False)
+    choice = choose_precision(_model(), **kw)
+    assert choice.precision == "32-true" and "no native bf16" in choice.reason
+    monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: True)
+    choice = choose_precision(_model(), processes=2, **kw)
+    assert choice.precision == "32-true" and "2 processes" in choice.reason
+
+
+@pytest.mark.slow  # two short training runs
+def test_a_run_with_auto_trains_in_the_chosen_precision_and_records_it(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The faster precision (here bf16, by a fake clock) is what Lightning trains with, what
+    recipe.yaml and the checkpoint's recipe say (so a resume keeps it), and what the console
+    and the pin line name; the caller's recipe keeps ``auto``."""
+    calls: list[str] = []
+
+    def choose(model, **kw):  # type: ignore[no-untyped-def]
+        calls.append("timed")
+        return dekr.precision.PrecisionChoice("bf16-mixed", "bf16 autocast 1.30x (fake)")
+
+    monkeypatch.setattr(dekr.training, "choose_precision", choose)
+    out = tmp_path / "run"
+    auto = tiny_overrides(synthetic_root, out, **{"trainer.precision": "auto"})
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", auto)
+    result = train(recipe)
+    assert recipe.trainer.precision == "auto"
+    assert calls == ["timed"]
+    printed = capsys.readouterr().out
+    assert "precision auto: training in bf16-mixed (bf16 autocast 1.30x (fake))" in printed
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["trainer"]["precision"] == "bf16-mixed"
+    ckpt = torch.load(result["last"], weights_only=False, map_location="cpu")
+    assert ckpt["hyper_parameters"]["recipe"]["trainer"]["precision"] == "bf16-mixed"
+    # a resume of that run keeps bf16 without timing again
+    resumed = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                          tiny_overrides(synthetic_root, out, **{"trainer.precision": "auto",
+                                                                 "trainer.max_epochs": 2,
+                                                                 "resume": "auto"}))  # fmt: skip
+    train(resumed)
+    assert calls == ["timed"]
+    assert "training in bf16-mixed (the precision of the resumed run)" in capsys.readouterr().out
