@@ -63,6 +63,8 @@ class SyntheticConfig:
     unlabelled_prob: float = 0.02
     max_rotation: float = 12.0  # in-plane rotation of a figure, degrees
     jpeg_quality: int = 95
+    # processes that render (None: one per CPU core; the images are the same for any count)
+    workers: Optional[int] = None
 
 
 @dataclass

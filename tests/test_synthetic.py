@@ -28,10 +28,12 @@ K5 = KeypointSpec(
 DENSE = {"max_people": 8, "crowd_prob": 0.5, "occluder_prob": 0.5}
 
 
-def _generate(root: Path, seed: int = 0, spec: KeypointSpec = COCO_KEYPOINTS, n: int = 12) -> Path:
+def _generate(root: Path, seed: int = 0, spec: KeypointSpec = COCO_KEYPOINTS, n: int = 12,
+              workers: int = 1) -> Path:  # fmt: skip
     return generate_synthetic_dataset(
-        root, spec=spec, num_images=n, size=SIZE, seed=seed, split_name="val", **DENSE
-    )
+        root, spec=spec, num_images=n, size=SIZE, seed=seed, split_name="val", workers=workers,
+        **DENSE,
+    )  # fmt: skip
 
 
 def _images(root: Path) -> list[np.ndarray]:
@@ -56,6 +58,17 @@ def test_deterministic_by_seed(tmp_path: Path, coco_json: Path) -> None:
     other = _generate(tmp_path / "b", seed=1, n=30)
     assert other.read_bytes() != coco_json.read_bytes()
     assert not np.array_equal(_images(tmp_path / "b")[0], _images(tmp_path / "a")[0])
+
+
+def test_the_same_files_from_any_number_of_rendering_processes(
+    tmp_path: Path, coco_json: Path
+) -> None:
+    parallel = _generate(tmp_path / "p", n=30, workers=3)
+    assert parallel.read_bytes() == coco_json.read_bytes()
+    files = sorted(p.name for p in (tmp_path / "p" / "images" / "val").glob("*.jpg"))
+    assert files == [f"{i:06d}.jpg" for i in range(1, 31)]
+    for x, y in zip(_images(coco_json.parent.parent), _images(tmp_path / "p"), strict=True):
+        assert np.array_equal(x, y)
 
 
 def test_size_is_rows_first_and_the_old_argument_is_an_error(

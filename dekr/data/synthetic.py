@@ -25,9 +25,11 @@ crc32(s), i])``, so equal parameters give byte-identical JSON and identical pixe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -36,7 +38,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -189,6 +191,26 @@ def _categories(spec: KeypointSpec) -> list[dict[str, Any]]:
     }]  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class _SceneJob:
+    """Render image ``image_id`` of a split and write its JPEG; returns (file name, people)."""
+
+    maker: FigureMaker
+    options: SceneOptions
+    size: Size
+    image_dir: Path
+    stream: tuple[int, int]  # (seed, split key): with the image id, the image's random stream
+
+    def __call__(self, image_id: int) -> tuple[str, list[dict[str, Any]]]:
+        rng = np.random.default_rng([*self.stream, image_id])
+        image, anns = render_scene(rng, self.maker, size=self.size, options=self.options)
+        file_name = f"{image_id:06d}.jpg"
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality]
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(self.image_dir / file_name), bgr, params)
+        return file_name, anns
+
+
 def generate_synthetic_dataset(
     root: str | Path,
     *,
@@ -199,6 +221,7 @@ def generate_synthetic_dataset(
     split_name: str = "train",
     options: SceneOptions | None = None,
     progress: Callable[[int], Any] | None = None,
+    workers: Optional[int] = None,
     **knobs: Any,
 ) -> Path:
     """Write one split: ``root/images/<split_name>/*.jpg`` and ``root/annotations/<split>.json``.
@@ -214,6 +237,8 @@ def generate_synthetic_dataset(
         split_name: split folder and JSON name.
         options: scene difficulty knobs (default :class:`SceneOptions`).
         progress: called with 1 after each image (e.g. a tqdm bar's ``update``).
+        workers: processes that render (None: one per CPU core). Every image has its own random
+            stream, so the files are the same for any count.
         **knobs: overrides of single :class:`SceneOptions` fields, e.g. ``max_people=8``.
 
     Returns:
@@ -226,21 +251,28 @@ def generate_synthetic_dataset(
     image_dir = root / "images" / split_name
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    maker = FigureMaker(spec, max_rotation=options.max_rotation)
-    split_key = zlib.crc32(split_name.encode())
+    job = _SceneJob(
+        FigureMaker(spec, max_rotation=options.max_rotation),
+        options, size, image_dir, (seed, zlib.crc32(split_name.encode())),
+    )  # fmt: skip
     images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        rng = np.random.default_rng([seed, split_key, image_id])
-        image, anns = render_scene(rng, maker, size=size, options=options)
-        file_name = f"{image_id:06d}.jpg"
-        params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
-        cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
-        images.append({"id": image_id, "file_name": file_name, "width": size.w, "height": size.h})
-        for ann in anns:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": 1, **ann})  # fmt: skip
-        if progress is not None:
-            progress(1)
+    ids = range(1, num_images + 1)
+    workers = max(1, min(int(workers or os.cpu_count() or 1), num_images))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # each image has its own random stream: the same files for any count
+            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            pool = stack.enter_context(context.Pool(workers))
+            rendered = pool.imap(job, ids, chunksize=8)
+        else:
+            rendered = map(job, ids)
+        for image_id, (file_name, anns) in zip(ids, rendered):
+            images.append({"id": image_id, "file_name": file_name, "width": size.w,
+                           "height": size.h})  # fmt: skip
+            for ann in anns:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": 1, **ann})  # fmt: skip
+            if progress is not None:
+                progress(1)
     data = {
         "info": {
             "description": "dekr synthetic keypoints",
@@ -318,6 +350,7 @@ def ensure_synthetic_splits(
     seed: int = 0,
     options: SceneOptions | None = None,
     progress: bool = False,
+    workers: Optional[int] = None,
     **knobs: Any,
 ) -> dict[str, Path]:
     """Train and val splits under ``root``, generated only when missing or stale.
@@ -333,6 +366,8 @@ def ensure_synthetic_splits(
         train_images: images in the ``train`` split.
         val_images: images in the ``val`` split.
         progress: say on stdout that the data is being generated, with a progress bar.
+        workers: rendering processes (None: one per CPU core); not part of the hash, as the
+            files do not depend on it.
 
     Returns:
         ``{"train": json_path, "val": json_path}``.
@@ -364,7 +399,7 @@ def ensure_synthetic_splits(
     try:
         for split, n in counts.items():
             generate_synthetic_dataset(tmp, spec=spec, num_images=n, size=size, seed=seed,
-                                       split_name=split, options=options,
+                                       split_name=split, options=options, workers=workers,
                                        progress=bar.update if bar else None)  # fmt: skip
         manifest = {"hash": digest, "params": params}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
