@@ -61,32 +61,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_seconds(
+def _forward_backward(
+    model: nn.Module, images: torch.Tensor, device: torch.device, bf16: bool
+) -> None:
+    """One forward + backward pass (the part of a training step that precision changes)."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        outputs = model(images)
+    loss = sum(o.float().square().mean() for o in outputs)
+    loss.backward()  # type: ignore[union-attr]
+    model.zero_grad(set_to_none=True)
+
+
+def _pass_seconds(
     model: nn.Module,
     images: torch.Tensor,
     device: torch.device,
-    bf16: bool,
     steps: int,
     clock: Callable[[], float],
-) -> float:
-    """Median seconds of a forward + backward pass (the part of a step precision changes)."""
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(images)
-        loss = sum(o.float().square().mean() for o in outputs)
-        loss.backward()  # type: ignore[union-attr]
-        model.zero_grad(set_to_none=True)
-
-    step()  # first-call allocations, oneDNN kernel selection
-    times = []
+) -> tuple[float, float]:
+    """Median seconds of a pass in fp32 and in bf16 autocast, timed in alternation (a machine
+    whose speed drifts during the trial slows both alike)."""
+    for bf16 in (False, True):  # first-call allocations, oneDNN kernel choices
+        _forward_backward(model, images, device, bf16)
+    times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(steps):
-        _sync(device)
-        t0 = clock()
-        step()
-        _sync(device)
-        times.append(clock() - t0)
-    return sorted(times)[len(times) // 2]
+        for bf16 in (False, True):
+            _sync(device)
+            t0 = clock()
+            _forward_backward(model, images, device, bf16)
+            _sync(device)
+            times[bf16].append(clock() - t0)
+    fp32, bf16 = (sorted(times[b])[len(times[b]) // 2] for b in (False, True))
+    return fp32, bf16
 
 
 def choose_precision(
@@ -109,7 +115,7 @@ def choose_precision(
         device: where the run trains.
         processes: training processes; more than one decides without timing.
         channels_last: time the network as the run will run it.
-        steps: timed passes per precision (the median counts).
+        steps: timed passes per precision, in alternation (the median counts).
         min_gain: how much faster bf16 must be to be chosen (fp32 is kept on a tie).
         clock: seconds (tests pass a fake one).
     """
@@ -125,8 +131,7 @@ def choose_precision(
     generator = torch.Generator().manual_seed(0)  # not the run's random streams
     images = torch.randn(batch_size, 3, input_size, input_size, generator=generator)
     images = images.to(device).contiguous(memory_format=fmt)
-    fp32_s = _step_seconds(trial, images, device, False, steps, clock)
-    bf16_s = _step_seconds(trial, images, device, True, steps, clock)
+    fp32_s, bf16_s = _pass_seconds(trial, images, device, steps, clock)
     gain = fp32_s / max(bf16_s, 1e-12)
     chosen = "bf16-mixed" if gain >= min_gain else "32-true"
     reason = f"bf16 autocast {gain:.2f}x the speed of fp32 (needs {min_gain:g}x)"

@@ -38,16 +38,13 @@ def _clock(fp32_s: float, bf16_s: float) -> Callable[[], float]:
 @pytest.fixture
 def timed_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Record which precision a timed pass ran in (the clock reads it at the pass's end)."""
-    original = dekr.precision._step_seconds
+    original = dekr.precision._forward_backward
 
-    def step_seconds(model, images, device, bf16, steps, clock):  # type: ignore[no-untyped-def]
+    def forward_backward(model, images, device, bf16):  # type: ignore[no-untyped-def]
         _in_bf16[0] = bf16
-        try:
-            return original(model, images, device, bf16, steps, clock)
-        finally:
-            _in_bf16[0] = False
+        return original(model, images, device, bf16)
 
-    monkeypatch.setattr(dekr.precision, "_step_seconds", step_seconds)
+    monkeypatch.setattr(dekr.precision, "_forward_backward", forward_backward)
     monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: True)
 
 
@@ -89,7 +86,7 @@ def test_auto_does_not_time_without_native_bf16_or_with_several_processes(
     def never(*args: object) -> float:
         raise AssertionError("timed")
 
-    monkeypatch.setattr(dekr.precision, "_step_seconds", never)
+    monkeypatch.setattr(dekr.precision, "_pass_seconds", never)
     kw = dict(batch_size=2, input_size=64, device=torch.device("cpu"))
     monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: False)
     choice = choose_precision(_model(), **kw)
