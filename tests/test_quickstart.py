@@ -1,7 +1,7 @@
 """The quickstart learns: its recipe as committed (model, synthetic data of the same scenes,
-augmentation, loss, optimiser), three pinned epochs instead of the time budget so that the result
-does not depend on the machine's speed, against the same network untrained. One epoch is not
-enough to tell them apart reliably (three epochs: AP 0.292 against 0.000, measured)."""
+augmentation, loss, optimiser, precision), 250 pinned batches (1.2 epochs) instead of the time
+budget so that the result does not depend on the machine's speed, against the same network
+untrained (measured: AP 0.401 against 0.000)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from dekr.training import evaluate, train
 QUICK = REPO / "recipes" / "quickstart.yaml"
 
 
-@pytest.mark.slow  # about 1.5 minutes: 1,100 synthetic images, three epochs, two validations
+@pytest.mark.slow  # about 1.5 minutes: 2,100 synthetic images, 250 batches, two evaluations
 @pytest.mark.integration
-def test_one_epoch_of_the_quickstart_beats_the_untrained_network(
+def test_250_batches_of_the_quickstart_beat_the_untrained_network(
     tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture
 ) -> None:
     data = tmp_path_factory.mktemp("quickstart_data")
@@ -31,7 +31,7 @@ def test_one_epoch_of_the_quickstart_beats_the_untrained_network(
         f"output_dir={out}",
         "trainer.budget_minutes=null",  # the plan a budget run prints, pinned: no clock involved
         "trainer.max_epochs=2",
-        "trainer.max_steps=300",  # 1.5 epochs (203 batches each); validated at the end
+        "trainer.max_steps=250",  # 1.2 epochs (203 batches each); validated at the end
         "trainer.max_time_minutes=null",
         "trainer.check_val_every_n_epoch=2",
     ]
@@ -43,7 +43,7 @@ def test_one_epoch_of_the_quickstart_beats_the_untrained_network(
     blank_ap = evaluate(untrained, [f"data.synthetic.root={data}"])["AP"]
     capsys.readouterr()
     assert math.isfinite(trained_ap) and math.isfinite(blank_ap)
-    # measured on a 2-core machine (AMD EPYC): AP 0.292 after three epochs (80-100 s in all),
-    # 0.000 untrained; the recipe before hrnet_w24_tiny / offset_scale / flips-only augmentation
-    # gave 0.006 there and 0.040 on another machine, too close to chance for a test
-    assert trained_ap >= 0.1 and trained_ap >= blank_ap + 0.1, (trained_ap, blank_ap)
+    # measured on a 2-core AMD EPYC (bf16 chosen): AP 0.401 after 250 batches (79 s for the
+    # training command), 0.000 untrained. Before model.init=scratch, lr 0.01 and 2,000 training
+    # images, 375 batches gave 0.292 there; the bar leaves room for seeds, machines and fp32.
+    assert trained_ap >= 0.2 and trained_ap >= blank_ap + 0.2, (trained_ap, blank_ap)
