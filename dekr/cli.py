@@ -31,6 +31,7 @@ _STARTED = time.monotonic()  # the command's start: a time budget counts from he
 _NOISE = (
     "GPU available:", "TPU available:", "HPU available:", "litlogger", "LOCAL_RANK:",
     "`Trainer.fit` stopped:", "Loading `train_dataloader` to estimate",
+    "Automatic Mixed Precision (AMP)",  # dekr-train names the precision itself
 )  # fmt: skip
 
 

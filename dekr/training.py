@@ -537,6 +537,8 @@ def train(
               f"K={spec.num_keypoints} keypoints; run folder {output_dir}")  # fmt: skip
         if precision is not None:
             print(f"precision auto: training in {precision.precision} ({precision.reason})")
+        elif not str(recipe.trainer.precision).startswith(("32", "64")):
+            print(f"precision: training in {recipe.trainer.precision}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if module.last_validated_step != trainer.global_step:  # the final weights were not validated
         trainer.validate(module, datamodule=datamodule, verbose=False)

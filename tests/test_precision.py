@@ -130,3 +130,15 @@ def test_a_run_with_auto_trains_in_the_chosen_precision_and_records_it(
     train(resumed)
     assert calls == ["timed"]
     assert "training in bf16-mixed (the precision of the resumed run)" in capsys.readouterr().out
+
+
+def test_the_commands_hide_lightnings_precision_line_and_say_their_own() -> None:
+    import logging
+
+    from dekr.cli import _DropNoise
+
+    def shown(message: str) -> bool:
+        return _DropNoise().filter(logging.LogRecord("x", 20, "", 0, message, None, None))
+
+    assert not shown("Using bfloat16 Automatic Mixed Precision (AMP)")
+    assert shown("precision auto: training in bf16-mixed (bf16 autocast 1.30x ...)")

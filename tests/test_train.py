@@ -273,7 +273,7 @@ def test_predict_batches_equal_single_images(tiny_run: dict, tmp_path: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
+def test_scale_switches_train(synthetic_root: Path, tmp_path: Path, capsys) -> None:
     """Targets on the device, bf16 autocast, accumulation, clipping, EMA and lr scaling together."""
     from dekr.training import train
 
@@ -291,6 +291,7 @@ def test_scale_switches_train(synthetic_root: Path, tmp_path: Path) -> None:
     )
     result = train(recipe)
     assert math.isfinite(result["metrics"]["AP"])
+    assert "precision: training in bf16-mixed" in capsys.readouterr().out
     module = load_checkpoint(result["last"])
     lr = module.recipe.optim.lr
     assert module.effective_lr() == lr  # no trainer attached: nothing to scale by
