@@ -13,7 +13,9 @@ there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` i
 The plan is re-checked after every tenth of it (``recheck``), from the speed of that last stretch
 (its validations taken out), inside epochs too: in the first half of the plan it may grow or
 shrink, after that only shrink (so that the learning rate never rises again late in a cosine),
-and a machine that slows down late is caught before the budget is spent. On the CPU the first
+and only when the plan would overrun the whole budget, margin included (a slow stretch of noise
+does not cut a plan that cannot grow back), so that a machine that slows down late is caught
+before the budget is spent. On the CPU the first
 timing is repeated with half the torch threads and the faster count is kept (a busy machine
 trains faster with fewer threads). ``trainer.max_epochs`` bounds the plan. Under DDP, rank 0
 decides and the plan is broadcast. The plan is saved in checkpoints: a resumed run continues the
@@ -212,10 +214,12 @@ class TimeBudget(pl.Callback):
     def _done(self, trainer: pl.Trainer, per_epoch: int, in_epoch: int) -> int:
         return trainer.current_epoch * per_epoch + in_epoch
 
-    def _plan(self, trainer: pl.Trainer, done: int, step_s: float, val_s: float) -> int:
+    def _plan(
+        self, trainer: pl.Trainer, done: int, step_s: float, val_s: float, slack_s: float = 0.0
+    ) -> int:
         per_epoch = int(trainer.num_training_batches)
         batches = plan_batches(
-            remaining_s=self._remaining_s(),
+            remaining_s=self._remaining_s() + slack_s,
             done=done,
             per_epoch=per_epoch,
             step_s=step_s,
@@ -347,7 +351,16 @@ class TimeBudget(pl.Callback):
         step_s = max(now() - t0 - self._val_in_window, 1e-9) / (done - done0)
         self._window, self._val_in_window = (now(), done), 0.0
         fit = self._plan(trainer, done, step_s, plan.val_s)
-        batches = fit if done < plan.batches / 2 else min(fit, plan.batches)
+        if done < plan.batches / 2:
+            batches = fit
+        elif fit >= plan.batches:
+            batches = plan.batches
+        else:
+            # late, the plan only shrinks, and only when it would overrun the whole budget (its
+            # margin is the band): a stretch slowed by noise, followed by a faster one, would
+            # otherwise shrink a plan that cannot grow back (docs/benchmarks.md)
+            whole = self._plan(trainer, done, step_s, plan.val_s, self.margin * self.minutes * 60)
+            batches = plan.batches if whole >= plan.batches else fit
         if batches != plan.batches:
             old = plan.epochs
             plan.batches, plan.step_s = batches, step_s
