@@ -213,3 +213,30 @@ def test_the_faster_thread_count_is_kept_and_restored(
     assert seen[:3] == [2, 2, 2] and seen[3:6] == [1, 1, 1]  # warm-up + 2 timed; 1 + 2 timed
     assert set(seen[6:]) == {fast} and plan["step_s"] == pytest.approx(1.0, rel=0.2)
     assert after == 2
+
+
+@pytest.mark.slow  # three fake-clock runs
+def test_a_slow_stretch_within_the_margin_does_not_cut_the_plan_late(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the plan's middle (from batch 20 of about 30), four batches 15 % slower, then the old
+    speed again (noise on a shared machine): the plan keeps the length of a run without the
+    stretch, as a plan that shrinks late never grows back, and the run ends within its budget
+    (36 s, 3 % margin: 1.08 s). The rule before (shrink whenever the budget less its margin is
+    overrun) cut this plan from 29 to 28 batches. A lasting slowdown of 50 % from the same batch
+    on is still caught: the plan shrinks."""
+    speeds = {
+        "steady": lambda n: 1.0,
+        "stretch": lambda n: 1.15 if 20 <= n < 24 else 1.0,  # 0.6 s lost: within the margin
+        "lasting": lambda n: 1.5 if n >= 20 else 1.0,
+    }
+    batches = {}
+    for name, step_s in speeds.items():
+        run = _budget_run(synthetic_root, tmp_path / name, 0.6, monkeypatch, step_s=step_s)
+        plan = run["ckpt"]["callbacks"]["TimeBudget"]["plan"]
+        assert run["clock"].t <= 0.6 * 60, (name, run["clock"].t, plan)
+        assert len(run["clock"].lrs) == plan["batches"]
+        batches[name] = plan["batches"]
+    assert batches["steady"] > 24, batches  # the stretch lies inside the plan's second half
+    assert batches["stretch"] == batches["steady"], batches
+    assert batches["lasting"] < batches["steady"], batches
