@@ -26,9 +26,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-__all__ = ["PrecisionChoice", "choose_precision", "bf16_supported", "PRECISIONS"]
-
-PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+__all__ = ["PrecisionChoice", "choose_precision", "bf16_supported"]
 
 
 @dataclass(frozen=True)

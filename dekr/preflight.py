@@ -38,6 +38,7 @@ __all__ = [
     "check_values",
     "check_resume",
     "count_processes",
+    "training_device",
     "check_steps",
     "check_output_dir",
     "clear_run",
@@ -288,6 +289,17 @@ def _device_count(devices: Any) -> Optional[int]:
         ) from None
 
 
+def training_device(accelerator: str) -> torch.device:
+    """The device Lightning trains on for ``trainer.accelerator`` (rank 0's; ``auto``: a CUDA
+    GPU when there is one, else Apple MPS when there is one, else the CPU)."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0)
+    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def count_processes(trainer: DictConfig) -> int:
     """The number of training processes (devices x nodes) Lightning will start; a
     :class:`DeviceError` for devices this machine does not have."""
@@ -302,7 +314,7 @@ def count_processes(trainer: DictConfig) -> int:
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("trainer.accelerator=mps: no Apple MPS device is available here")
     count = _device_count(trainer.devices)
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    on_gpu = training_device(accelerator).type == "cuda"
     if on_gpu:
         if count is not None and count > gpus:
             raise DeviceError(

@@ -58,6 +58,7 @@ from dekr.preflight import (
     clear_run,
     count_processes,
     is_rank_zero,
+    training_device,
 )
 
 __all__ = [
@@ -451,16 +452,6 @@ def _prepare(
     return spec, datamodule, module, ckpt_path, choice
 
 
-def _trial_device(accelerator: str) -> torch.device:
-    """The device Lightning trains on for ``trainer.accelerator`` (rank 0's)."""
-    name = str(accelerator).lower()
-    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)
-    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def _auto_precision(
     recipe: DictConfig, module: DekrModule, processes: int, resumed: Optional[Any]
 ) -> Optional[PrecisionChoice]:
@@ -478,7 +469,7 @@ def _auto_precision(
             module.model,
             batch_size=int(recipe.data.batch_size),
             input_size=int(recipe.data.input_size),
-            device=_trial_device(t.accelerator),
+            device=training_device(t.accelerator),
             processes=processes,
             channels_last=bool(recipe.model.channels_last),
         )

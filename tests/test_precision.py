@@ -100,9 +100,9 @@ def test_auto_does_not_time_without_native_bf16_or_with_several_processes(
 def test_a_run_with_auto_trains_in_the_chosen_precision_and_records_it(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """The faster precision (here bf16, by a fake clock) is what Lightning trains with, what
-    recipe.yaml and the checkpoint's recipe say (so a resume keeps it), and what the console
-    and the pin line name; the caller's recipe keeps ``auto``."""
+    """The chosen precision (here bf16, from a stand-in for the trial) is what recipe.yaml and
+    the checkpoint's recipe say (so a resume keeps it without timing again) and what the
+    console names; the caller's recipe keeps ``auto``."""
     calls: list[str] = []
 
     def choose(model, **kw):  # type: ignore[no-untyped-def]
