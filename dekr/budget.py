@@ -15,13 +15,14 @@ The plan is re-checked after every tenth of it (``recheck``), from the speed of 
 shrink, after that only shrink (so that the learning rate never rises again late in a cosine),
 and only when the plan would overrun the whole budget, margin included (a slow stretch of noise
 does not cut a plan that cannot grow back), so that a machine that slows down late is caught
-before the budget is spent. On the CPU the first
-timing is repeated with half the torch threads and the faster count is kept (a busy machine
-trains faster with fewer threads). ``trainer.max_epochs`` bounds the plan. Under DDP, rank 0
-decides and the plan is broadcast. The plan is saved in checkpoints: a resumed run continues the
-same plan and does not re-plan. Lightning's ``max_time`` stays a safety net above the budget
-(``trainer.max_time_minutes``). A run that should be repeated exactly pins the plan it printed
-(``trainer.budget_minutes=null trainer.max_steps=N``).
+before the budget is spent. On the CPU the first timing is made with half the torch threads
+and repeated with all of them, and the faster count is kept (a busy machine trains faster with
+fewer threads); the second timing stops as soon as it can no longer win (on a machine with a
+busy core two threads are ten times slower than one). ``trainer.max_epochs`` bounds the plan.
+Under DDP, rank 0 decides and the plan is broadcast. The plan is saved in checkpoints: a
+resumed run continues the same plan and does not re-plan. Lightning's ``max_time`` stays a
+safety net above the budget (``trainer.max_time_minutes``). A run that should be repeated
+exactly pins the plan it printed (``trainer.budget_minutes=null trainer.max_steps=N``).
 
 Times come from :func:`now` (``time.monotonic``), which tests replace by a fake clock.
 """
@@ -117,11 +118,13 @@ class TimeBudget(pl.Callback):
         margin: fraction of the budget kept free (teardown, noise in the estimates).
         recheck: fraction of the plan between two checks of the speed (the plan is re-made from
             the rate of the last stretch: a machine that slows down late is caught in time).
-        tune_threads: on the CPU, time ``measure_batches`` more batches with half the torch
-            threads and keep the faster count. On a machine where another program holds a core,
-            two threads that wait for each other train at half the speed of one (measured on 2
-            cores: 6.4 images/s with 2 threads, 11.8 with 1; idle 21 and 15). The thread count
-            is restored when fit ends.
+        tune_threads: on the CPU, warm up and time with half the torch threads, then time
+            ``measure_batches`` more batches with all of them and keep the faster count. On a
+            machine where another program holds a core, two threads that wait for each other
+            train up to ten times slower than one (measured on 2 cores: 1.8 images/s with 2
+            threads, 18.4 with 1; idle 36.9 and 22.6), so the second timing stops as soon as its
+            batches have taken longer than the whole first timing. The thread count is restored
+            when fit ends.
     """
 
     def __init__(
@@ -142,7 +145,9 @@ class TimeBudget(pl.Callback):
         self.val_samples, self.margin, self.recheck = val_samples, margin, recheck
         self.tune_threads = tune_threads
         self._timing_from: Optional[int] = None  # the batch timing starts at (None: warm-up)
-        self._trial: Optional[tuple[int, float]] = None  # (threads before, their s per batch)
+        self._threads: Optional[int] = None  # the thread count fit started with, while tuning
+        self._trial: Optional[tuple[int, float]] = None  # (fewer threads, their s per batch)
+        self._trial_t0: Optional[float] = None  # when the timing with all threads began
         self.plan: Optional[Plan] = None
         self.resumed = False
         self._val_every: Optional[int] = None
@@ -249,6 +254,7 @@ class TimeBudget(pl.Callback):
                                f"{plan.batches} batches ({plan.epochs:.1f} epochs)")  # fmt: skip
         else:
             pl_module.schedule_epochs = trainer.max_epochs  # until the first plan
+            self._start_with_fewer_threads(trainer, pl_module)
 
     def _warmup(self, trainer: pl.Trainer) -> int:
         """Untimed batches: ``warmup_batches``, but at least one batch of the first epoch is
@@ -271,12 +277,15 @@ class TimeBudget(pl.Callback):
         if self.plan is None:
             self._batches += 1
             timed = self._batches - self._timed_from
-            if self._t0 is None or (timed < self.measure_batches and in_epoch < per_epoch):
-                return  # measure on, up to the end of the first epoch
-            step_s = (now() - self._t0) / timed
-            if self._try_fewer_threads(trainer, pl_module, step_s, per_epoch - in_epoch):
-                return
-            step_s = self._keep_faster_threads(trainer, step_s)
+            if self._trial is not None and self._trial_lost():
+                step_s = self._keep_faster_threads(trainer, None)
+            else:
+                if self._t0 is None or (timed < self.measure_batches and in_epoch < per_epoch):
+                    return  # measure on, up to the end of the first epoch
+                step_s = (now() - self._t0) / timed
+                if self._try_all_threads(step_s):
+                    return
+                step_s = self._keep_faster_threads(trainer, step_s)
             val_s = self._val_pass_s(trainer, pl_module)
             batches = self._plan(trainer, done, step_s, val_s)
             rate = _rate(trainer, step_s)
@@ -296,36 +305,58 @@ class TimeBudget(pl.Callback):
             trainer.check_val_every_n_epoch = 1
             trainer.should_stop = True
 
-    def _try_fewer_threads(
-        self, trainer: pl.Trainer, module: pl.LightningModule, step_s: float, left: int
-    ) -> bool:
-        """After the first timing: go on timing with half the threads, if that fits in the
-        first epoch (one untimed batch, then ``measure_batches``)."""
+    def _start_with_fewer_threads(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """On the CPU, when the first epoch has room for both timings: warm up and time the first
+        stretch with half the threads (one thread is never the disaster that two are on a busy
+        machine, so the run starts safe)."""
         threads = torch.get_num_threads()
-        if not self.tune_threads or self._trial is not None or threads < 2:
-            return False
-        if module.device.type != "cpu" or left < 1 + self.measure_batches:
-            return False
-        self._trial = (threads, step_s)
+        room = self._warmup(trainer) + 2 * self.measure_batches + 1
+        if not self.tune_threads or threads < 2 or module.device.type != "cpu":
+            return
+        if int(trainer.num_training_batches) < room:
+            return
+        self._threads = threads
         torch.set_num_threads(threads // 2)
+
+    def _try_all_threads(self, step_s: float) -> bool:
+        """After the first timing (half the threads): go on timing with all of them, one untimed
+        batch first."""
+        if self._threads is None or self._trial is not None:
+            return False
+        self._trial = (torch.get_num_threads(), step_s)
+        torch.set_num_threads(self._threads)
         self._t0, self._timing_from = None, self._batches + 1
+        self._trial_t0 = now()
         return True
 
-    def _keep_faster_threads(self, trainer: pl.Trainer, step_s: float) -> float:
-        """The seconds per batch of the faster thread count, which stays set."""
-        if self._trial is None:
-            return step_s
-        (threads, threads_s), fewer = self._trial, torch.get_num_threads()
-        chosen, chosen_s = (fewer, step_s) if step_s < threads_s else (threads, threads_s)
+    def _trial_lost(self) -> bool:
+        """Whether all the threads, being timed, have already taken longer than the whole timing
+        with fewer (their untimed batch included): they cannot be faster."""
+        assert self._trial is not None and self._trial_t0 is not None
+        fewer_s = self._trial[1]
+        return now() - self._trial_t0 > (1 + self.measure_batches) * fewer_s
+
+    def _keep_faster_threads(self, trainer: pl.Trainer, step_s: Optional[float]) -> float:
+        """The seconds per batch of the faster thread count, which stays set (``step_s``: all the
+        threads' seconds per batch, None when their timing was stopped as lost)."""
+        if self._trial is None or self._threads is None:
+            return float(step_s) if step_s is not None else 0.0
+        (fewer, fewer_s), threads = self._trial, self._threads
+        if step_s is None:  # stopped: the batches so far, the untimed one included
+            batches = max(self._batches - int(self._timing_from or 0) + 1, 1)
+            all_s, note = (now() - float(self._trial_t0 or now())) / batches, " (timing stopped)"
+        else:
+            all_s, note = step_s, ""
+        chosen, chosen_s = (fewer, fewer_s) if fewer_s < all_s else (threads, all_s)
         torch.set_num_threads(chosen)
-        say(trainer, f"budget {self.minutes:g} min: {_rate(trainer, threads_s):.1f} images/s "
-                     f"with {threads} torch threads, {_rate(trainer, step_s):.1f} with {fewer}: "
-                     f"training with {chosen}")  # fmt: skip
+        say(trainer, f"budget {self.minutes:g} min: {_rate(trainer, all_s):.1f} images/s "
+                     f"with {threads} torch threads{note}, {_rate(trainer, fewer_s):.1f} with "
+                     f"{fewer}: training with {chosen}")  # fmt: skip
         return chosen_s
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._trial is not None:  # the thread count the run started with
-            torch.set_num_threads(self._trial[0])
+        if self._threads is not None:  # the thread count the run started with
+            torch.set_num_threads(self._threads)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_t0 = now()

@@ -103,6 +103,7 @@ def choose_precision(
     channels_last: bool = False,
     steps: int = 4,
     min_gain: float = 1.1,
+    threads: Optional[int] = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> PrecisionChoice:
     """The precision ``trainer.precision=auto`` trains ``model`` with (see the module docstring).
@@ -115,6 +116,10 @@ def choose_precision(
         channels_last: time the network as the run will run it.
         steps: timed passes per precision, in alternation (the median counts).
         min_gain: how much faster bf16 must be to be chosen (fp32 is kept on a tie).
+        threads: torch threads for the trial on the CPU (None: as set). The training passes 1:
+            the ratio is about the same as with 2 (quickstart network on 2 cores: 1.26-1.37x
+            against 1.19-1.44x), and on a machine where another program holds one of two cores
+            a two-thread trial runs ten times slower and spends a large part of a short budget.
         clock: seconds (tests pass a fake one).
     """
     if not bf16_supported(device):
@@ -129,7 +134,13 @@ def choose_precision(
     generator = torch.Generator().manual_seed(0)  # not the run's random streams
     images = torch.randn(batch_size, 3, input_size, input_size, generator=generator)
     images = images.to(device).contiguous(memory_format=fmt)
-    fp32_s, bf16_s = _pass_seconds(trial, images, device, steps, clock)
+    before = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        fp32_s, bf16_s = _pass_seconds(trial, images, device, steps, clock)
+    finally:
+        torch.set_num_threads(before)
     gain = fp32_s / max(bf16_s, 1e-12)
     chosen = "bf16-mixed" if gain >= min_gain else "32-true"
     reason = f"bf16 autocast {gain:.2f}x the speed of fp32 (needs {min_gain:g}x)"

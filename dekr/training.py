@@ -472,6 +472,7 @@ def _auto_precision(
             device=training_device(t.accelerator),
             processes=processes,
             channels_last=bool(recipe.model.channels_last),
+            threads=1,  # CPU only: a busy core makes a two-thread trial ten times slower
         )
     t.precision = choice.precision
     if module.recipe is not None:

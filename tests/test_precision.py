@@ -80,6 +80,31 @@ def test_the_trial_leaves_the_model_and_the_random_streams_alone(timed_passes: N
         assert torch.equal(value, before[key]), key  # weights and BatchNorm statistics
 
 
+def test_the_trial_runs_on_the_threads_asked_for_and_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The training times on one thread (a busy core slows a two-thread trial tenfold); the
+    count set before is back afterwards."""
+    seen: list[int] = []
+
+    def passes(*args: object) -> tuple[float, float]:
+        seen.append(torch.get_num_threads())
+        return 1.0, 0.5
+
+    monkeypatch.setattr(dekr.precision, "_pass_seconds", passes)
+    monkeypatch.setattr(dekr.precision, "bf16_supported", lambda device: True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kw = dict(batch_size=2, input_size=64, device=torch.device("cpu"))
+        choose_precision(_model(), threads=1, **kw)
+        assert torch.get_num_threads() == 2
+        choose_precision(_model(), **kw)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_auto_does_not_time_without_native_bf16_or_with_several_processes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
