@@ -2,8 +2,9 @@
 
 Whether bf16 autocast pays depends on the machine far more than on the network: measured on the
 quickstart network (``hrnet_w24_tiny``, 8 × 128², channels-last), a 2-core AMD EPYC with
-AVX512-BF16 trains 1.3x faster in bf16, a 2-core Intel Xeon with AMX only 1.05x faster, and a CPU
-without bf16 instructions emulates it slower than fp32 (docs/benchmarks.md). So ``auto`` times it:
+AVX512-BF16 trains 1.3x faster in bf16, one 2-core Intel Xeon with AMX only 1.05x faster and
+another 1.1x (its trial: 1.2-1.4x), and a CPU without bf16 instructions emulates it slower than
+fp32 (docs/benchmarks.md). So ``auto`` times it:
 :func:`choose_precision` runs a few forward + backward passes of a copy of the network on a
 random batch of the training size, in fp32 and in bf16 autocast, and picks ``"bf16-mixed"``
 (Lightning's switch, which the run is then built with) when it is at least ``min_gain`` faster,
