@@ -152,6 +152,23 @@ def test_adaptive_implementations_agree(scale: float) -> None:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+def test_grid_sample_form_samples_in_fp32_under_bf16_autocast() -> None:
+    """Under bf16 autocast the features and the transform arrive in bf16 (from convolutions); the
+    sample positions, the sampling and the contraction must still be fp32, or positions of 16-31
+    pixels land on a 1/8-pixel grid. So the result equals the fp32 computation on the same bf16
+    inputs. The sub-pixel translations here move every tap by 0.3-0.7 px at 24-31 px."""
+    torch.manual_seed(0)
+    conv = AdaptiveConv(4, 4, "grid_sample")
+    x = torch.randn(1, 4, 32, 32).bfloat16()
+    matrix, translation = _random_affine(1, 32, 32, 0.2)
+    matrix, translation = matrix.bfloat16(), (translation.sign() * 0.5 + 0.2).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = conv(x, matrix, translation)
+    exact = conv(x.float(), matrix.float(), translation.float())
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (6, 1), (1, 2), (2, 1)])
 @pytest.mark.parametrize("scale", [0.0, 0.4])
 def test_adaptive_implementations_agree_on_one_pixel_wide_maps(

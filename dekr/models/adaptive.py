@@ -117,15 +117,24 @@ def adaptive_conv(
     if resolve_impl(impl, x.device) == "deform":
         offsets = deform_offsets(matrix, translation, groups=g)
         return deform_conv2d(x, offsets, weight, padding=(1, 1))
-    disp = _displacements(matrix, translation, g)
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
-    positions = disp.reshape(b * g, 9, 2, h, w) + torch.stack(torch.broadcast_tensors(ys, xs), 2)
-    taps = sample_taps(x.reshape(b * g, -1, h, w), positions)  # (B·G, C·9, H, W), contiguous
-    # The per-group 1x1 contraction as one batched matmul: the same sums as a grouped 1x1
-    # convolution, whose CPU kernel is about 6x slower here forward + backward (docs/benchmarks.md).
-    kernel = weight.reshape(g, weight.shape[0] // g, -1)  # (G, C_out, C·9)
-    out = torch.matmul(kernel, taps.reshape(b, g, -1, h * w))  # (B, G, C_out, H·W)
+    # At least fp32 and outside autocast: under bf16 autocast the transform arrives in bf16, whose
+    # 8-bit mantissa would put the sample positions on a 1/8-pixel grid at 16-31 pixels, and
+    # casting the taps (9x the input) to bf16 for the small matmul and their gradient back costs
+    # more than the matmul itself (docs/benchmarks.md).
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        x, matrix, translation = x.to(dtype), matrix.to(dtype), translation.to(dtype)
+        disp = _displacements(matrix, translation, g)
+        ys = torch.arange(h, device=x.device, dtype=dtype).reshape(1, 1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=dtype).reshape(1, 1, 1, w)
+        pixels = torch.stack(torch.broadcast_tensors(ys, xs), 2)
+        positions = disp.reshape(b * g, 9, 2, h, w) + pixels
+        taps = sample_taps(x.reshape(b * g, -1, h, w), positions)  # (B·G, C·9, H, W), contiguous
+        # The per-group 1x1 contraction as one batched matmul: the same sums as a grouped 1x1
+        # convolution, whose CPU kernel is about 6x slower here forward + backward
+        # (docs/benchmarks.md).
+        kernel = weight.reshape(g, weight.shape[0] // g, -1).to(dtype)  # (G, C_out, C·9)
+        out = torch.matmul(kernel, taps.reshape(b, g, -1, h * w))  # (B, G, C_out, H·W)
     return out.reshape(b, -1, h, w)
 
 
