@@ -16,8 +16,10 @@ Both read the same parameters (``adapt_conv.weight`` of shape (C_out, C_in, 3, 3
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +124,12 @@ def adaptive_conv(
     # casting the taps (9x the input) to bf16 for the small matmul and their gradient back costs
     # more than the matmul itself (docs/benchmarks.md).
     dtype = torch.promote_types(x.dtype, torch.float32)
-    with torch.autocast(x.device.type, enabled=False):
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type):  # not on "meta" (counting multiply-adds)
+        no_autocast: Any = torch.autocast(device_type, enabled=False)
+    else:
+        no_autocast = contextlib.nullcontext()
+    with no_autocast:
         x, matrix, translation = x.to(dtype), matrix.to(dtype), translation.to(dtype)
         disp = _displacements(matrix, translation, g)
         ys = torch.arange(h, device=x.device, dtype=dtype).reshape(1, 1, h, 1)
