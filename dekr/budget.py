@@ -278,7 +278,7 @@ class TimeBudget(pl.Callback):
             self._batches += 1
             timed = self._batches - self._timed_from
             if self._trial is not None and self._trial_lost():
-                step_s = self._keep_faster_threads(trainer, None)
+                step_s = self._keep_faster_threads(trainer, self._all_threads_s(), stopped=True)
             else:
                 if self._t0 is None or (timed < self.measure_batches and in_epoch < per_epoch):
                     return  # measure on, up to the end of the first epoch
@@ -329,26 +329,28 @@ class TimeBudget(pl.Callback):
         self._trial_t0 = now()
         return True
 
+    def _all_threads_s(self) -> float:
+        """Seconds per batch with all the threads so far, their untimed batch included."""
+        batches = self._batches - int(self._timing_from or 0) + 1
+        return (now() - float(self._trial_t0 or 0.0)) / max(batches, 1)
+
     def _trial_lost(self) -> bool:
         """Whether all the threads, being timed, have already taken longer than the whole timing
         with fewer (their untimed batch included): they cannot be faster."""
         assert self._trial is not None and self._trial_t0 is not None
-        fewer_s = self._trial[1]
-        return now() - self._trial_t0 > (1 + self.measure_batches) * fewer_s
+        return now() - self._trial_t0 > (1 + self.measure_batches) * self._trial[1]
 
-    def _keep_faster_threads(self, trainer: pl.Trainer, step_s: Optional[float]) -> float:
-        """The seconds per batch of the faster thread count, which stays set (``step_s``: all the
-        threads' seconds per batch, None when their timing was stopped as lost)."""
-        if self._trial is None or self._threads is None:
-            return float(step_s) if step_s is not None else 0.0
+    def _keep_faster_threads(
+        self, trainer: pl.Trainer, all_s: float, stopped: bool = False
+    ) -> float:
+        """The seconds per batch of the faster thread count, which stays set (``all_s``: all the
+        threads' seconds per batch; ``stopped``: their timing was cut short as lost)."""
+        if self._trial is None or self._threads is None:  # no thread trial
+            return all_s
         (fewer, fewer_s), threads = self._trial, self._threads
-        if step_s is None:  # stopped: the batches so far, the untimed one included
-            batches = max(self._batches - int(self._timing_from or 0) + 1, 1)
-            all_s, note = (now() - float(self._trial_t0 or now())) / batches, " (timing stopped)"
-        else:
-            all_s, note = step_s, ""
         chosen, chosen_s = (fewer, fewer_s) if fewer_s < all_s else (threads, all_s)
         torch.set_num_threads(chosen)
+        note = " (timing stopped)" if stopped else ""
         say(trainer, f"budget {self.minutes:g} min: {_rate(trainer, all_s):.1f} images/s "
                      f"with {threads} torch threads{note}, {_rate(trainer, fewer_s):.1f} with "
                      f"{fewer}: training with {chosen}")  # fmt: skip

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,11 +123,13 @@ def adaptive_conv(
     # casting the taps (9x the input) to bf16 for the small matmul and their gradient back costs
     # more than the matmul itself (docs/benchmarks.md).
     dtype = torch.promote_types(x.dtype, torch.float32)
-    device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type):  # not on "meta" (counting multiply-adds)
-        no_autocast: Any = torch.autocast(device_type, enabled=False)
-    else:
-        no_autocast = contextlib.nullcontext()
+    on = x.device.type
+    # torch.autocast raises on devices without it ("meta", where multiply-adds are counted)
+    no_autocast = (
+        torch.autocast(on, enabled=False)
+        if torch.amp.is_autocast_available(on)
+        else contextlib.nullcontext()
+    )
     with no_autocast:
         x, matrix, translation = x.to(dtype), matrix.to(dtype), translation.to(dtype)
         disp = _displacements(matrix, translation, g)
