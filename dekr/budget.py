@@ -11,18 +11,22 @@ in the middle. The run stops at the planned batch, which may fall inside an epoc
 there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is written then too.
 
 The plan is re-checked after every tenth of it (``recheck``), from the speed of that last stretch
-(its validations taken out), inside epochs too: in the first half of the plan it may grow or
-shrink, after that only shrink (so that the learning rate never rises again late in a cosine),
-and only when the plan would overrun the whole budget, margin included (a slow stretch of noise
-does not cut a plan that cannot grow back), so that a machine that slows down late is caught
-before the budget is spent. On the CPU the first timing is made with half the torch threads
-and repeated with all of them, and the faster count is kept (a busy machine trains faster with
-fewer threads); the second timing stops as soon as it can no longer win (on a machine with a
-busy core two threads are ten times slower than one). ``trainer.max_epochs`` bounds the plan.
+(its validations taken out), inside epochs too, and may grow (a machine that speeds up uses its
+budget) or shrink (a machine that slows down is caught before the budget is spent); past the
+plan's middle it shrinks only when it would overrun the whole budget, margin included, so that
+a slow stretch of noise does not cut it. A re-plan never moves the schedule back: the schedule
+keeps the point it has reached and lays its rest over the plan's new rest (:meth:`Plan.replan`),
+so a late growth slows the cosine down instead of raising its learning rate again.
+
+On the CPU the first timing is made with half the torch threads and repeated with all of them,
+and the faster count is kept (a busy machine trains faster with fewer threads); the second
+timing stops as soon as it can no longer win (on a machine with a busy core two threads are ten
+times slower than one). ``trainer.max_epochs`` bounds the plan.
 Under DDP, rank 0 decides and the plan is broadcast. The plan is saved in checkpoints: a
 resumed run continues the same plan and does not re-plan. Lightning's ``max_time`` stays a
 safety net above the budget (``trainer.max_time_minutes``). A run that should be repeated
-exactly pins the plan it printed (``trainer.budget_minutes=null trainer.max_steps=N``).
+exactly pins the plan it printed (``trainer.budget_minutes=null trainer.max_steps=N``: the same
+length, with the schedule at an even pace where a budget run re-planned).
 
 Times come from :func:`now` (``time.monotonic``), which tests replace by a fake clock.
 """
@@ -68,10 +72,35 @@ class Plan:
     step_s: float  # seconds per training batch
     val_s: float  # seconds per validation pass
     budget_minutes: float
+    # The schedule's clock (see :meth:`progress`): the schedule's length in its own epochs (None:
+    # the first plan's length), and the last re-plan, at run epoch ``anchor_epoch``, where the
+    # schedule stood at ``anchor_progress``. A plan saved without them is the identity.
+    schedule_epochs: Optional[float] = None
+    anchor_epoch: float = 0.0
+    anchor_progress: float = 0.0
 
     @property
     def epochs(self) -> float:
         return self.batches / self.per_epoch
+
+    def progress(self, epoch: float) -> float:
+        """Where the learning-rate schedule stands at run epoch ``epoch``: from the last re-plan
+        on, the rest of the schedule is laid evenly over the rest of the plan, so that it ends
+        with the plan and never steps back (a late re-plan that grows the plan slows the cosine
+        down instead of raising its learning rate again)."""
+        length = self.epochs if self.schedule_epochs is None else self.schedule_epochs
+        rest = max(self.epochs - self.anchor_epoch, 1e-9)
+        pace = (length - self.anchor_progress) / rest
+        return self.anchor_progress + (epoch - self.anchor_epoch) * pace
+
+    def replan(self, batches: int, done: int) -> None:
+        """``batches`` from now on (``done`` batches run): the schedule keeps the point it has
+        reached and spreads what is left of it over the new rest of the plan."""
+        if self.schedule_epochs is None:
+            self.schedule_epochs = self.epochs
+        epoch = done / self.per_epoch
+        self.anchor_progress, self.anchor_epoch = self.progress(epoch), epoch
+        self.batches = batches
 
 
 def plan_batches(
@@ -180,7 +209,11 @@ class TimeBudget(pl.Callback):
         plan = self.plan
         assert plan is not None
         trainer.fit_loop.max_epochs = math.ceil(plan.epochs)
-        module.schedule_epochs = plan.epochs  # read by the module's learning-rate schedule
+        # read by the module's learning-rate schedule
+        module.schedule_epochs = (
+            plan.epochs if plan.schedule_epochs is None else plan.schedule_epochs
+        )
+        module.schedule_progress = plan.progress
         for config in trainer.lr_scheduler_configs:  # the next step's rate: the plan's already
             scheduler = config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
@@ -373,8 +406,9 @@ class TimeBudget(pl.Callback):
 
     def _recheck(self, trainer: pl.Trainer, pl_module: pl.LightningModule, done: int) -> None:
         """Every ``recheck`` of the plan: the plan again, from the rate of the last stretch
-        (validations taken out). In the first half of the plan it may grow or shrink; after
-        that only shrink, so that a finished schedule is never stretched late."""
+        (validations taken out). It may grow or shrink (the schedule keeps its point and is
+        spread over the new rest: :meth:`Plan.replan`), except that past the plan's middle it
+        shrinks only when the plan would overrun the whole budget, margin included."""
         plan = self.plan
         if plan is None or self._window is None:
             return
@@ -384,19 +418,16 @@ class TimeBudget(pl.Callback):
         step_s = max(now() - t0 - self._val_in_window, 1e-9) / (done - done0)
         self._window, self._val_in_window = (now(), done), 0.0
         fit = self._plan(trainer, done, step_s, plan.val_s)
-        if done < plan.batches / 2:
-            batches = fit
-        elif fit >= plan.batches:
-            batches = plan.batches
-        else:
-            # late, the plan only shrinks, and only when it would overrun the whole budget (its
-            # margin is the band): a stretch slowed by noise, followed by a faster one, would
-            # otherwise shrink a plan that cannot grow back (docs/benchmarks.md)
+        batches = fit
+        if plan.batches / 2 <= done and fit < plan.batches:
+            # late, the plan shrinks only when it would overrun the whole budget (its margin is
+            # the band): a stretch slowed by noise does not cut a plan (docs/benchmarks.md)
             whole = self._plan(trainer, done, step_s, plan.val_s, self.margin * self.minutes * 60)
             batches = plan.batches if whole >= plan.batches else fit
         if batches != plan.batches:
             old = plan.epochs
-            plan.batches, plan.step_s = batches, step_s
+            plan.replan(batches, done)
+            plan.step_s = step_s
             plan.images_per_s = _rate(trainer, step_s)
             self._apply(trainer, pl_module)
             say(trainer, f"budget {self.minutes:g} min: re-planned from {old:.1f} to "

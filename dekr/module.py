@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -138,6 +138,8 @@ class DekrModule(pl.LightningModule):
         # the schedule's length in epochs when a time budget plans it (dekr/budget.py);
         # None: trainer.max_epochs
         self.schedule_epochs: Optional[float] = None
+        # run epoch -> the schedule's epoch, when a re-planned budget paces the schedule
+        self.schedule_progress: Optional[Callable[[float], float]] = None
 
     @classmethod
     def from_recipe(
@@ -360,8 +362,11 @@ class DekrModule(pl.LightningModule):
         )
         lr_factor(0.0, max_epochs=epochs, **kwargs)  # validate the schedule name now
 
-        def factor(step: int) -> float:  # the planned length is read at every step
-            return lr_factor(step / per_epoch, max_epochs=self.schedule_epochs or epochs, **kwargs)
+        def factor(step: int) -> float:  # the planned length and pace are read at every step
+            epoch = step / per_epoch
+            if self.schedule_progress is not None:
+                epoch = self.schedule_progress(epoch)
+            return lr_factor(epoch, max_epochs=self.schedule_epochs or epochs, **kwargs)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -78,6 +78,24 @@ def test_plan_is_saved_and_a_resume_keeps_it() -> None:
     assert resumed.plan == budget.plan and resumed.resumed
 
 
+def test_a_replan_keeps_the_schedule_point_and_ends_it_with_the_plan() -> None:
+    plan = Plan(batches=100, per_epoch=10, images_per_s=40.0, step_s=0.2, val_s=3.0,
+                budget_minutes=5)  # fmt: skip
+    assert plan.progress(4.0) == pytest.approx(4.0)  # a plan never re-planned: the run's epochs
+    for batches, done in ((150, 40), (120, 90), (130, 110)):  # grow, shrink, grow late
+        before = plan.progress(done / 10)
+        plan.replan(batches, done)
+        assert plan.batches == batches
+        assert plan.progress(done / 10) == pytest.approx(before)  # no jump
+        assert plan.progress(batches / 10) == pytest.approx(10.0)  # the schedule ends with it
+        assert plan.progress((done + 1) / 10) > before  # and goes on forward
+    budget = TimeBudget(5, started=0.0)
+    budget.plan = plan
+    resumed = TimeBudget(5, started=100.0)
+    resumed.load_state_dict(budget.state_dict())
+    assert resumed.plan == plan  # a resume continues the same pace
+
+
 # ------------------------------------------------------------------ runs on a fake clock
 class FakeClock(pl.Callback):
     """The budget's clock: 1 s per training batch, 0.5 s per validation batch, 0 otherwise.
@@ -139,11 +157,13 @@ def test_half_the_time_still_completes_and_validates(
         assert batches == plan["batches"] == ckpt["global_step"], (batches, plan)
         assert clock.t <= minutes * 60, (clock.t, plan)
         # the schedule was laid over the plan, not over trainer.max_epochs (30): the last step's
-        # learning rate is the cosine's at the last step of the planned length
+        # learning rate is the cosine's at the last step of the planned length (at the pace of
+        # the last re-plan, if any)
         cosine = dict(schedule="cosine", milestones=[], gamma=0.1, warmup_epochs=0.5)
         last = (batches - 1) / plan["per_epoch"]
-        planned = batches / plan["per_epoch"]
-        assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(last, max_epochs=planned,
+        at = Plan(**plan).progress(last)
+        length = plan["schedule_epochs"] or batches / plan["per_epoch"]
+        assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(at, max_epochs=length,
                                                                     **cosine))  # fmt: skip
         assert clock.lrs[-1] < 0.5 * run["lr"] * lr_factor(last, max_epochs=30, **cosine)
         # the run validated after its last batch, inside fit (best.ckpt sees the final weights)
@@ -249,3 +269,25 @@ def test_a_slow_stretch_within_the_margin_does_not_cut_the_plan_late(
     assert batches["steady"] > 24, batches  # the stretch lies inside the plan's second half
     assert batches["stretch"] == batches["steady"], batches
     assert batches["lasting"] < batches["steady"], batches
+
+
+@pytest.mark.slow  # a fake-clock run
+def test_a_machine_that_speeds_up_late_uses_its_budget(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Batches take 2 s up to batch 12, then 1 s (another program ended): past the plan's
+    middle the plan grows to use the budget (36 s) instead of ending early, and the learning rate
+    never rises again on the way (the schedule's rest is spread over the longer rest)."""
+    run = _budget_run(synthetic_root, tmp_path / "faster", 0.6, monkeypatch,
+                      step_s=lambda n: 2.0 if n < 12 else 1.0)  # fmt: skip
+    clock, ckpt = run["clock"], run["ckpt"]
+    plan = ckpt["callbacks"]["TimeBudget"]["plan"]
+    out = capsys.readouterr().out
+    first = int(re.search(r"budget 0.6 min: about [\d.]+ epochs \((\d+) batches\)", out)[1])
+    assert plan["batches"] > first and plan["anchor_epoch"] * plan["per_epoch"] > first / 2, out
+    assert len(clock.lrs) == plan["batches"] == ckpt["global_step"]
+    assert 0.6 * 60 * 0.9 < clock.t <= 0.6 * 60, (clock.t, plan)
+    peak = clock.lrs.index(max(clock.lrs))
+    assert all(a >= b for a, b in zip(clock.lrs[peak:], clock.lrs[peak + 1 :])), clock.lrs
+    assert clock.lrs[-1] < 0.05 * run["lr"]  # the cosine finished
+    assert clock.validated_steps[-1] == plan["batches"]
