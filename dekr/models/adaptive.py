@@ -83,6 +83,38 @@ def _displacements(matrix: Tensor, translation: Tensor, groups: int) -> Tensor:
     return torch.einsum("bgijhw,jk->bgkihw", m, r) + translation.reshape(b, groups, 1, 2, h, w)
 
 
+def _tap_grid(matrix: Tensor, translation: Tensor, groups: int) -> Tensor:
+    """The nine tap positions of every group as a normalised ``grid_sample`` grid, (B·G, 9, H·W, 2)
+    in ``(y, x)`` order, i.e. for sampling the features with H and W swapped.
+
+    The positions :func:`sample_taps` gets (pixel ``p`` plus :func:`_displacements`), normalised
+    as there, but computed as ``base(p) + s·t(p) + dy_k·s·M(p)[:, 0] + dx_k·s·M(p)[:, 1]`` with
+    ``base(p) = (2p + 1) / size − 1`` and ``s = 2 / size`` per axis: the three per-pixel
+    coefficient pairs (a third of the grid) take one gather and one multiply-add, the grid one
+    matmul with the fixed (9, 3) matrix of rows ``(1, dy_k, dx_k)`` (its backward one matmul too),
+    instead of a dozen elementwise passes over the grid and their backward. In ``(y, x)`` order
+    the pairs are plain strided views of ``translation`` and of the columns of M (no component
+    swap, which no view can do); ``grid_sample`` reads ``(x, y)``, hence the swapped features.
+    """
+    b, _, h, w = matrix.shape
+    hw = h * w
+    dtype, device = matrix.dtype, matrix.device
+    # from the traced sizes, so that an exported graph takes any input size
+    size = torch.stack([torch.as_tensor(n, dtype=dtype, device=device) for n in (h, w)])
+    ys = torch.arange(h, dtype=dtype, device=device).reshape(h, 1)
+    xs = torch.arange(w, dtype=dtype, device=device).reshape(1, w)
+    pixels = torch.stack(torch.broadcast_tensors(ys, xs), -1).reshape(1, hw, 2)
+    base = torch.cat(((2.0 * pixels + 1.0) / size - 1.0, pixels.new_zeros(2, hw, 2)))
+    # materialised (it is tiny) so that the multiply-add runs over contiguous rows, not pairs
+    scale = (2.0 / size).expand(3, hw, 2).contiguous()
+    t = translation.reshape(b, groups, 1, 2, hw).transpose(3, 4)  # (B, G, 1, HW, 2)
+    m = matrix.reshape(b, groups, 2, 2, hw).permute(0, 1, 3, 4, 2)  # (B, G, column, HW, 2)
+    coef = torch.addcmul(base, torch.cat((t, m), 2), scale).reshape(b * groups, 3, hw * 2)
+    r = torch.tensor(_TAPS, dtype=dtype, device=device)
+    rows = torch.cat((r.new_ones(1, 9), r)).t()  # (9, 3): 1, dy, dx
+    return torch.matmul(rows, coef).reshape(b * groups, 9, hw, 2)
+
+
 def deform_offsets(matrix: Tensor, translation: Tensor, *, groups: int = 1) -> Tensor:
     """The offsets handed to ``deform_conv2d``: ``M·r_k + t − r_k`` (the kernel adds the regular
     grid ``r_k`` itself), as (B, G·18, H, W) with channel ``18g + 2k`` = dy and ``18g + 2k + 1`` =
@@ -132,12 +164,11 @@ def adaptive_conv(
     )
     with no_autocast:
         x, matrix, translation = x.to(dtype), matrix.to(dtype), translation.to(dtype)
-        disp = _displacements(matrix, translation, g)
-        ys = torch.arange(h, device=x.device, dtype=dtype).reshape(1, 1, h, 1)
-        xs = torch.arange(w, device=x.device, dtype=dtype).reshape(1, 1, 1, w)
-        pixels = torch.stack(torch.broadcast_tensors(ys, xs), 2)
-        positions = disp.reshape(b * g, 9, 2, h, w) + pixels
-        taps = sample_taps(x.reshape(b * g, -1, h, w), positions)  # (B·G, C·9, H, W), contiguous
+        grid = _tap_grid(matrix, translation, g)  # (y, x): sample the transposed features
+        features = x.reshape(b * g, -1, h, w).transpose(2, 3)
+        taps = F.grid_sample(
+            features, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        ).reshape(b * g, -1, h * w)  # (B·G, C·9, H·W), channel c*9 + k, contiguous
         # The per-group 1x1 contraction as one batched matmul: the same sums as a grouped 1x1
         # convolution, whose CPU kernel is about 6x slower here forward + backward
         # (docs/benchmarks.md).
