@@ -78,8 +78,11 @@ def _pass_seconds(
     steps: int,
     clock: Callable[[], float],
 ) -> tuple[float, float]:
-    """Median seconds of a pass in fp32 and in bf16 autocast, timed in alternation (a machine
-    whose speed drifts during the trial slows both alike)."""
+    """Seconds of the fastest pass in fp32 and in bf16 autocast, timed in alternation (a machine
+    whose speed drifts during the trial slows both alike). The fastest, not the median: other
+    work on the machine only ever slows a pass down, and on a 2-core machine whose speed varied
+    by 15-40 % from pass to pass the median of four read bf16 at 0.97x in one trial, where its
+    fastest passes were 1.3x faster (docs/benchmarks.md)."""
     for bf16 in (False, True):  # first-call allocations, oneDNN kernel choices
         _forward_backward(model, images, device, bf16)
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -90,8 +93,7 @@ def _pass_seconds(
             _forward_backward(model, images, device, bf16)
             _sync(device)
             times[bf16].append(clock() - t0)
-    fp32, bf16 = (sorted(times[b])[len(times[b]) // 2] for b in (False, True))
-    return fp32, bf16
+    return min(times[False]), min(times[True])
 
 
 def choose_precision(
@@ -115,7 +117,7 @@ def choose_precision(
         device: where the run trains.
         processes: training processes; more than one decides without timing.
         channels_last: time the network as the run will run it.
-        steps: timed passes per precision, in alternation (the median counts).
+        steps: timed passes per precision, in alternation (the fastest counts).
         min_gain: how much faster bf16 must be to be chosen (fp32 is kept on a tie).
         threads: torch threads for the trial on the CPU (None: as set). The training passes 1:
             the ratio is about the same as with 2 (quickstart network on 2 cores: 1.26-1.37x
