@@ -37,6 +37,7 @@ class ModelConfig:
     backbone: str = "hrnet_w32"  # a name from dekr.models.hrnet.HRNET_SPECS
     adaptive_impl: str = "auto"  # auto | deform | grid_sample (same weights)
     offset_scale: float = 1.0  # output px per unit of the offset convs' output (official: 1)
+    offset_blocks: int = 2  # AdaptBlocks in each keypoint's offset branch (official: 2)
     pretrained: Optional[str] = None  # ImageNet HRNet checkpoint for the backbone (official/timm)
     weights: Optional[str] = None  # DEKR weights to start from: official .pth or a dekr .ckpt
     # weights of another keypoint count: load the backbone and K-independent head layers only

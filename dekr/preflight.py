@@ -97,6 +97,7 @@ _LIMIT = "an int >= 0 (batches) or a float in [0, 1] (a fraction)"
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.backbone", lambda v: v in HRNET_SPECS, f"one of {sorted(HRNET_SPECS)}"),
     ("model.adaptive_impl", lambda v: v in ADAPTIVE_IMPLS, f"one of {list(ADAPTIVE_IMPLS)}"),
+    ("model.offset_blocks", _ge(1), _COUNT),
     ("data.source", lambda v: v in ("coco", "synthetic"), "coco or synthetic"),
     ("data.input_size", lambda v: _gt(0)(v) and v % 4 == 0, "a positive multiple of 4"),
     ("data.batch_size", _ge(1), _COUNT),

@@ -157,6 +157,7 @@ CASES: list[Case] = [
     ("recipe_a_list", "train", lambda w: [str(w.listed)], ["list.yaml", "mapping"]),
     ("backbone", "train", lambda w: train(w, "model.backbone=hrnet_w99"), ["model.backbone='hrnet_w99'"]),
     ("adaptive_impl", "train", lambda w: train(w, "model.adaptive_impl=fast"), ["model.adaptive_impl"]),
+    ("offset_blocks", "train", lambda w: train(w, "model.offset_blocks=0"), ["model.offset_blocks=0", "integer >= 1"]),
     ("input_size", "train", lambda w: train(w, "data.input_size=30"), ["data.input_size=30", "multiple of 4"]),
     ("batch_size_0", "train", lambda w: train(w, "data.batch_size=0"), ["data.batch_size=0"]),
     ("num_workers", "train", lambda w: train(w, "data.num_workers=-1"), ["data.num_workers=-1"]),

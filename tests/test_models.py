@@ -274,13 +274,18 @@ def _deforming(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("impl", ["deform", "grid_sample"])
+@pytest.mark.parametrize(
+    ("impl", "blocks"), [("deform", 2), ("grid_sample", 2), ("grid_sample", 1)]
+)
 @pytest.mark.parametrize("train", [True, False])
-def test_grouped_offset_branches_equal_per_branch(impl: str, train: bool) -> None:
-    """The grouped offset head gives the same maps, gradients and BN statistics as the loop."""
+def test_grouped_offset_branches_equal_per_branch(impl: str, blocks: int, train: bool) -> None:
+    """The grouped offset head gives the same maps, gradients and BN statistics as the loop, with
+    the official two adaptive blocks per branch and with one (``model.offset_blocks``)."""
     torch.manual_seed(0)
-    a = _deforming(build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl=impl)).double()
-    b = build_model("hrnet_w8_tiny", num_keypoints=3, adaptive_impl=impl).double()
+    kw = dict(num_keypoints=3, adaptive_impl=impl, offset_blocks=blocks)
+    a = _deforming(build_model("hrnet_w8_tiny", **kw)).double()
+    assert all(len(layers) == blocks for layers in a.offset_feature_layers)
+    b = build_model("hrnet_w8_tiny", **kw).double()
     b.load_state_dict(a.state_dict())
     b.grouped_offsets = False
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
@@ -295,3 +300,9 @@ def test_grouped_offset_branches_equal_per_branch(impl: str, train: bool) -> Non
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
     for (name, ba), bb in zip(a.named_buffers(), b.buffers()):
         torch.testing.assert_close(ba, bb, msg=name)
+
+
+@pytest.mark.parametrize("blocks", [0, -1, 1.5, True, "2"])
+def test_offset_blocks_must_be_a_positive_integer(blocks: object) -> None:
+    with pytest.raises(OptionError, match="model.offset_blocks must be an integer >= 1"):
+        build_model("hrnet_w8_tiny", num_keypoints=3, offset_blocks=blocks)  # type: ignore[arg-type]

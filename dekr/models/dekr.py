@@ -36,6 +36,10 @@ class DEKR(HRNet):
             N(0, 0.001²) initialisation and Adam, whose steps are bounded by the learning rate,
             offsets of tens of pixels take about a thousand steps to reach at scale 1; a larger
             scale shortens that for short runs (``recipes/quickstart.yaml``).
+        offset_blocks: adaptive blocks in each keypoint's offset branch (official: 2). On the
+            CPU they are about half of a training step of the quickstart network; one block
+            trains 1.33x faster there and reached a higher AP in the same minutes
+            (docs/benchmarks.md).
     """
 
     def __init__(
@@ -44,12 +48,19 @@ class DEKR(HRNet):
         num_keypoints: int,
         adaptive_impl: str = "auto",
         offset_scale: float = 1.0,
+        offset_blocks: int = 2,
     ) -> None:
         super().__init__(spec)
         if num_keypoints < 1:
             raise OptionError(f"num_keypoints must be >= 1, got {num_keypoints}")
         if not offset_scale > 0:
             raise OptionError(f"offset_scale must be > 0, got {offset_scale}")
+        if (
+            isinstance(offset_blocks, bool)
+            or not isinstance(offset_blocks, int)
+            or offset_blocks < 1
+        ):
+            raise OptionError(f"model.offset_blocks must be an integer >= 1, got {offset_blocks!r}")
         self.num_keypoints = num_keypoints
         self.offset_scale = float(offset_scale)
         feat = self.out_channels
@@ -66,7 +77,7 @@ class DEKR(HRNet):
         features, finals = [], []
         for _ in range(num_keypoints):
             features.append(
-                nn.Sequential(AdaptBlock(oc, adaptive_impl), AdaptBlock(oc, adaptive_impl))
+                nn.Sequential(*(AdaptBlock(oc, adaptive_impl) for _ in range(offset_blocks)))
             )
             finals.append(nn.Conv2d(oc, 2, 1))
         self.offset_feature_layers = nn.ModuleList(features)
@@ -161,6 +172,7 @@ def build_model(
     num_keypoints: int,
     adaptive_impl: str = "auto",
     offset_scale: float = 1.0,
+    offset_blocks: int = 2,
     init: str = "official",
 ) -> DEKR:
     """A DEKR network, initialised.
@@ -170,6 +182,7 @@ def build_model(
         num_keypoints: K (from the :class:`~dekr.keypoints.KeypointSpec`).
         adaptive_impl: adaptive convolution implementation.
         offset_scale: see :class:`DEKR` (official: 1).
+        offset_blocks: see :class:`DEKR` (official: 2).
         init: ``"official"`` (:func:`init_official`, for a backbone then loaded from ImageNet
             weights) or ``"scratch"`` (:func:`init_from_scratch`, for training without them).
     """
@@ -184,6 +197,6 @@ def build_model(
             ) from None
     else:
         spec = backbone
-    model = DEKR(spec, num_keypoints, adaptive_impl, offset_scale)
+    model = DEKR(spec, num_keypoints, adaptive_impl, offset_scale, offset_blocks)
     (init_official if init == "official" else init_from_scratch)(model)
     return model
