@@ -83,21 +83,24 @@ class Plan:
     def epochs(self) -> float:
         return self.batches / self.per_epoch
 
+    @property
+    def schedule_length(self) -> float:
+        """The schedule's length in its own epochs (the plan's until a re-plan fixes it)."""
+        return self.epochs if self.schedule_epochs is None else self.schedule_epochs
+
     def progress(self, epoch: float) -> float:
         """Where the learning-rate schedule stands at run epoch ``epoch``: from the last re-plan
         on, the rest of the schedule is laid evenly over the rest of the plan, so that it ends
         with the plan and never steps back (a late re-plan that grows the plan slows the cosine
         down instead of raising its learning rate again)."""
-        length = self.epochs if self.schedule_epochs is None else self.schedule_epochs
         rest = max(self.epochs - self.anchor_epoch, 1e-9)
-        pace = (length - self.anchor_progress) / rest
+        pace = (self.schedule_length - self.anchor_progress) / rest
         return self.anchor_progress + (epoch - self.anchor_epoch) * pace
 
     def replan(self, batches: int, done: int) -> None:
         """``batches`` from now on (``done`` batches run): the schedule keeps the point it has
         reached and spreads what is left of it over the new rest of the plan."""
-        if self.schedule_epochs is None:
-            self.schedule_epochs = self.epochs
+        self.schedule_epochs = self.schedule_length
         epoch = done / self.per_epoch
         self.anchor_progress, self.anchor_epoch = self.progress(epoch), epoch
         self.batches = batches
@@ -210,10 +213,7 @@ class TimeBudget(pl.Callback):
         assert plan is not None
         trainer.fit_loop.max_epochs = math.ceil(plan.epochs)
         # read by the module's learning-rate schedule
-        module.schedule_epochs = (
-            plan.epochs if plan.schedule_epochs is None else plan.schedule_epochs
-        )
-        module.schedule_progress = plan.progress
+        module.schedule_epochs, module.schedule_progress = plan.schedule_length, plan.progress
         for config in trainer.lr_scheduler_configs:  # the next step's rate: the plan's already
             scheduler = config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):

@@ -6,7 +6,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dekr.models.adaptive import _displacements, _tap_grid, adaptive_conv, sample_taps
+from dekr.models.adaptive import _displacements, _tap_grid, adaptive_conv
+
+
+def sample_taps(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The sampling ``_tap_grid`` replaced, as the reference: ``x`` sampled bilinearly at the
+    nine tap positions, zeros outside.
+
+    Args:
+        x: features (B, C, H, W).
+        positions: absolute sample positions (B, 9, 2, H, W) as ``(y, x)`` in pixels.
+
+    Returns:
+        (B, C*9, H, W), channel ``c*9 + k`` holding tap k of channel c.
+    """
+    b, c, h, w = x.shape
+    py, px = positions[:, :, 0], positions[:, :, 1]  # (B, 9, H, W)
+    # align_corners=False reads the normalised g at pixel ((g + 1)·size − 1) / 2, so g = (2p + 1) /
+    # size − 1 puts pixel p at p for every size, 1 included (align_corners=True maps a 1-pixel
+    # axis onto pixel 0 whatever p is, instead of the zeros outside).
+    gx = (2.0 * px + 1.0) / w - 1.0
+    gy = (2.0 * py + 1.0) / h - 1.0
+    grid = torch.stack((gx, gy), dim=-1).reshape(b, 9 * h, w, 2)
+    taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return taps.reshape(b, c * 9, h, w)
 
 
 def _transform(b: int, g: int, h: int, w: int, dtype: torch.dtype, seed: int = 0):

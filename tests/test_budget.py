@@ -143,6 +143,11 @@ def _budget_run(root: Path, out: Path, minutes: Any, monkeypatch: pytest.MonkeyP
     return {"clock": clock, "result": result, "ckpt": ckpt, "lr": recipe.optim.lr}
 
 
+def _first_plan(out: str, minutes: float) -> int:
+    """The batches of a run's first plan, from its console lines."""
+    return int(re.search(rf"budget {minutes:g} min: about [\d.]+ epochs \((\d+) batches\)", out)[1])
+
+
 @pytest.mark.slow  # three fake-clock runs, 9 s
 def test_half_the_time_still_completes_and_validates(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
@@ -177,7 +182,7 @@ def test_half_the_time_still_completes_and_validates(
     assert runs[0.1]["clock"].t > 0.6 * 6  # and the shorter budget was used, not wasted
     # the printed plan, pinned, is the same schedule
     pin = re.findall(r"budget 0.1 min: .* trainer.max_epochs=(\d+) trainer.max_steps=(\d+)", out)
-    (epochs, steps), = pin
+    ((epochs, steps),) = pin
     pinned = _budget_run(synthetic_root, tmp_path / "pinned", None, monkeypatch,
                          **{"trainer.max_epochs": epochs, "trainer.max_steps": steps})  # fmt: skip
     assert pinned["clock"].lrs == pytest.approx(runs[0.1]["clock"].lrs, rel=1e-12)
@@ -195,7 +200,7 @@ def test_a_machine_that_slows_down_late_still_ends_in_time(
     clock, ckpt = run["clock"], run["ckpt"]
     plan = ckpt["callbacks"]["TimeBudget"]["plan"]
     out = capsys.readouterr().out
-    first = int(re.search(r"budget 0.4 min: about [\d.]+ epochs \((\d+) batches\)", out)[1])
+    first = _first_plan(out, 0.4)
     assert "re-planned" in out and plan["batches"] < first, out
     assert len(clock.lrs) == plan["batches"] == ckpt["global_step"]
     assert clock.t <= 0.4 * 60, (clock.t, plan)
@@ -283,7 +288,7 @@ def test_a_machine_that_speeds_up_late_uses_its_budget(
     clock, ckpt = run["clock"], run["ckpt"]
     plan = ckpt["callbacks"]["TimeBudget"]["plan"]
     out = capsys.readouterr().out
-    first = int(re.search(r"budget 0.6 min: about [\d.]+ epochs \((\d+) batches\)", out)[1])
+    first = _first_plan(out, 0.6)
     assert plan["batches"] > first and plan["anchor_epoch"] * plan["per_epoch"] > first / 2, out
     assert len(clock.lrs) == plan["batches"] == ckpt["global_step"]
     assert 0.6 * 60 * 0.9 < clock.t <= 0.6 * 60, (clock.t, plan)

@@ -50,28 +50,6 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def sample_taps(x: Tensor, positions: Tensor) -> Tensor:
-    """Bilinearly sample ``x`` at the nine tap positions, zeros outside.
-
-    Args:
-        x: features (B, C, H, W).
-        positions: absolute sample positions (B, 9, 2, H, W) as ``(y, x)`` in pixels.
-
-    Returns:
-        (B, C*9, H, W), channel ``c*9 + k`` holding tap k of channel c.
-    """
-    b, c, h, w = x.shape
-    py, px = positions[:, :, 0], positions[:, :, 1]  # (B, 9, H, W)
-    # align_corners=False reads the normalised g at pixel ((g + 1)·size − 1) / 2, so g = (2p + 1) /
-    # size − 1 puts pixel p at p for every size, 1 included (align_corners=True maps a 1-pixel
-    # axis onto pixel 0 whatever p is, instead of the zeros outside).
-    gx = (2.0 * px + 1.0) / w - 1.0
-    gy = (2.0 * py + 1.0) / h - 1.0
-    grid = torch.stack((gx, gy), dim=-1).reshape(b, 9 * h, w, 2)
-    taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return taps.reshape(b, c * 9, h, w)
-
-
 _TAPS = ((-1, -1, -1, 0, 0, 0, 1, 1, 1), (-1, 0, 1, -1, 0, 1, -1, 0, 1))  # rows dy, dx
 
 
@@ -87,19 +65,23 @@ def _tap_grid(matrix: Tensor, translation: Tensor, groups: int) -> Tensor:
     """The nine tap positions of every group as a normalised ``grid_sample`` grid, (B·G, 9, H·W, 2)
     in ``(y, x)`` order, i.e. for sampling the features with H and W swapped.
 
-    The positions :func:`sample_taps` gets (pixel ``p`` plus :func:`_displacements`), normalised
-    as there, but computed as ``base(p) + s·t(p) + dy_k·s·M(p)[:, 0] + dx_k·s·M(p)[:, 1]`` with
-    ``base(p) = (2p + 1) / size − 1`` and ``s = 2 / size`` per axis: the three per-pixel
-    coefficient pairs (a third of the grid) take one gather and one multiply-add, the grid one
-    matmul with the fixed (9, 3) matrix of rows ``(1, dy_k, dx_k)`` (its backward one matmul too),
-    instead of a dozen elementwise passes over the grid and their backward. In ``(y, x)`` order
+    The positions are pixel ``p`` plus :func:`_displacements`, normalised for
+    ``align_corners=False`` and computed as ``base(p) + s·t(p) + dy_k·s·M(p)[:, 0] +
+    dx_k·s·M(p)[:, 1]`` with ``base(p) = (2p + 1) / size − 1`` and ``s = 2 / size`` per axis:
+    the three per-pixel coefficient pairs (a third of the grid) take one gather and one
+    multiply-add, the grid one matmul with the fixed (9, 3) matrix of rows ``(1, dy_k, dx_k)``
+    (its backward one matmul too), instead of a dozen elementwise passes over the grid and their
+    backward. In ``(y, x)`` order
     the pairs are plain strided views of ``translation`` and of the columns of M (no component
     swap, which no view can do); ``grid_sample`` reads ``(x, y)``, hence the swapped features.
     """
     b, _, h, w = matrix.shape
     hw = h * w
     dtype, device = matrix.dtype, matrix.device
-    # from the traced sizes, so that an exported graph takes any input size
+    # align_corners=False reads the normalised g at pixel ((g + 1)·size − 1) / 2, so g = (2p + 1) /
+    # size − 1 puts pixel p at p for every size, 1 included (align_corners=True maps a 1-pixel
+    # axis onto pixel 0 whatever p is, instead of the zeros outside). The sizes come from the
+    # traced shapes, so that an exported graph takes any input size.
     size = torch.stack([torch.as_tensor(n, dtype=dtype, device=device) for n in (h, w)])
     ys = torch.arange(h, dtype=dtype, device=device).reshape(h, 1)
     xs = torch.arange(w, dtype=dtype, device=device).reshape(1, w)
