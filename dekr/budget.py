@@ -5,10 +5,14 @@ generation included) to the final validation's AP line. :class:`TimeBudget` meas
 seconds per training batch after a short warm-up and the seconds per validation image on a few
 validation samples, and plans the number of training batches that fit in what is left of the
 budget, validations included. The learning-rate schedule (:func:`dekr.module.lr_factor`:
-warm-up, cosine, or milestones given as fractions of the run) is laid over the planned length,
+warm-up, cosine, linear, or milestones given as fractions of the run) is laid over the planned length,
 so that a slow or busy machine gets a shorter run of a *finished* schedule, never a schedule cut
 in the middle. The run stops at the planned batch, which may fall inside an epoch, and validates
 there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is written then too.
+
+The periodic validations (``trainer.check_val_every_n_epoch``) run within the plan's first three
+quarters only (``periodic_until``): a later one would come shortly before the validation at the
+plan's end, and its time goes to training instead.
 
 The plan is re-checked after every tenth of it (``recheck``), from the speed of that last stretch
 (its validations taken out), inside epochs too, and may grow (a machine that speeds up uses its
@@ -41,7 +45,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
-__all__ = ["TimeBudget", "Plan", "plan_batches", "now", "say"]
+__all__ = ["TimeBudget", "Plan", "plan_batches", "validates_at", "now", "say"]
 
 
 def now() -> float:
@@ -115,26 +119,35 @@ def plan_batches(
     val_s: float,
     val_every: Optional[int],
     max_batches: int,
+    periodic_until: float = 1.0,
 ) -> int:
     """The most training batches ``N`` (``done`` < ``N`` ≤ ``max_batches``) whose remaining
-    batches, ``step_s`` each, and validations, ``val_s`` each (at the ends of every
-    ``val_every``-th epoch and once at ``N``), fit in ``remaining_s`` seconds; at least
-    ``done + 1``: the run stops, validated, as soon as it can."""
+    batches, ``step_s`` each, and validations, ``val_s`` each, fit in ``remaining_s`` seconds;
+    at least ``done + 1``: the run stops, validated, as soon as it can. A run of ``N`` batches
+    validates at its end, and at the ends of every ``val_every``-th epoch that fall within the
+    first ``periodic_until`` of it (:func:`validates_at`)."""
 
-    def periodic(n: int) -> int:  # epoch-end validations after batch `done`, up to batch n
+    def periodic(n: int) -> int:  # periodic validations after batch `done`, in a plan of n
         if not val_every:
             return 0
         every = val_every * per_epoch
-        return n // every - done // every
+        last = min(n - 1, math.floor(periodic_until * n))
+        return max(last // every - done // every, 0)
 
     best = min(done + 1, max_batches)
     for total in range(done + 1, max_batches + 1):
-        final = 0 if val_every and total % (val_every * per_epoch) == 0 else 1
-        cost = (total - done) * step_s + (periodic(total) + final) * val_s
+        cost = (total - done) * step_s + (periodic(total) + 1) * val_s
         if cost > remaining_s:
             break
         best = total
     return best
+
+
+def validates_at(done: int, batches: int, periodic_until: float) -> bool:
+    """Whether a periodic (epoch-end) validation after batch ``done`` runs in a plan of
+    ``batches``: only within its first ``periodic_until``; a later one would come shortly before
+    the validation at the plan's end, and its time goes to training instead."""
+    return done < batches and done <= math.floor(periodic_until * batches)
 
 
 class TimeBudget(pl.Callback):
@@ -150,6 +163,10 @@ class TimeBudget(pl.Callback):
         margin: fraction of the budget kept free (teardown, noise in the estimates).
         recheck: fraction of the plan between two checks of the speed (the plan is re-made from
             the rate of the last stretch: a machine that slows down late is caught in time).
+        periodic_until: the fraction of the plan within which the periodic validations
+            (``trainer.check_val_every_n_epoch``) run; a later one is skipped, as the validation
+            at the plan's end follows it shortly (a pass over the quickstart's 100 validation
+            images costs 7-9 s of a 5-minute budget).
         tune_threads: on the CPU, warm up and time with half the torch threads, then time
             ``measure_batches`` more batches with all of them and keep the faster count. On a
             machine where another program holds a core, two threads that wait for each other
@@ -169,12 +186,14 @@ class TimeBudget(pl.Callback):
         val_samples: int = 2,
         margin: float = 0.03,
         recheck: float = 0.1,
+        periodic_until: float = 0.75,
         tune_threads: bool = True,
     ) -> None:
         self.minutes = float(minutes)
         self.started = now() if started is None else float(started)
         self.warmup_batches, self.measure_batches = warmup_batches, measure_batches
         self.val_samples, self.margin, self.recheck = val_samples, margin, recheck
+        self.periodic_until = periodic_until
         self.tune_threads = tune_threads
         self._timing_from: Optional[int] = None  # the batch timing starts at (None: warm-up)
         self._threads: Optional[int] = None  # the thread count fit started with, while tuning
@@ -264,6 +283,7 @@ class TimeBudget(pl.Callback):
             val_s=val_s,
             val_every=self._val_every,
             max_batches=self._max_batches,
+            periodic_until=self.periodic_until,
         )
         return int(trainer.strategy.broadcast(batches, src=0))  # rank 0 decides
 
@@ -337,6 +357,11 @@ class TimeBudget(pl.Callback):
             # the end of the plan: Lightning validates when asked to stop, then ends the epoch
             trainer.check_val_every_n_epoch = 1
             trainer.should_stop = True
+        elif in_epoch == per_epoch and self._val_every:
+            # an epoch's end, where Lightning validates every `_val_every`-th epoch: not late in
+            # the plan (a period that does not divide this epoch's number skips it)
+            late = not validates_at(done, self.plan.batches, self.periodic_until)
+            trainer.check_val_every_n_epoch = trainer.current_epoch + 2 if late else self._val_every
 
     def _start_with_fewer_threads(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """On the CPU, when the first epoch has room for both timings: warm up and time the first

@@ -157,7 +157,7 @@ class OptimConfig:
     lr: float = 1e-3  # TRAIN.LR
     weight_decay: float = 0.0  # official Adam: no weight decay
     momentum: float = 0.9  # sgd only
-    schedule: str = "multistep"  # multistep | cosine | constant
+    schedule: str = "multistep"  # multistep | cosine | linear | constant
     # TRAIN.LR_STEP: epochs, or fractions of the run (all in (0, 1)), as a budget run needs
     milestones: list[float] = field(default_factory=lambda: [90, 120])
     gamma: float = 0.1  # TRAIN.LR_FACTOR

@@ -69,9 +69,14 @@ def lr_factor(
     if schedule == "cosine":
         span = max(max_epochs - warmup_epochs, 1e-6)
         return 0.5 * (1 + math.cos(math.pi * min((epoch - warmup_epochs) / span, 1.0)))
+    if schedule == "linear":  # straight down to zero at the end of the run
+        span = max(max_epochs - warmup_epochs, 1e-6)
+        return max(1.0 - (epoch - warmup_epochs) / span, 0.0)
     if schedule == "constant":
         return 1.0
-    raise ValueError(f"optim.schedule {schedule!r} unknown; expected multistep, cosine or constant")
+    raise ValueError(
+        f"optim.schedule {schedule!r} unknown; expected multistep, cosine, linear or constant"
+    )
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ CASES: list[Case] = [
     ("data_source", "train", lambda w: train(w, "data.source=kitti"), ["data.source='kitti'"]),
     ("lr_zero", "train", lambda w: train(w, "optim.lr=0"), ["optim.lr=0"]),
     ("optimizer", "train", lambda w: train(w, "optim.name=sgdd"), ["optim.name='sgdd'", "adam"]),
-    ("schedule", "train", lambda w: train(w, "optim.schedule=linear"), ["optim.schedule='linear'"]),
+    ("schedule", "train", lambda w: train(w, "optim.schedule=step"), ["optim.schedule='step'", "linear or constant"]),
     ("milestones", "train", lambda w: train(w, "optim.milestones=[9,3]"), ["optim.milestones=[9.0, 3.0]"]),
     ("ema_decay", "train", lambda w: train(w, "optim.ema_decay=1.5"), ["optim.ema_decay=1.5"]),
     ("scales", "train", lambda w: train(w, "decode.scales=[2.0]"), ["decode.scales=[2.0]", "1.0"]),

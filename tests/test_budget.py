@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, tiny_overrides
 
 import dekr.budget
-from dekr.budget import Plan, TimeBudget, plan_batches
+from dekr.budget import Plan, TimeBudget, plan_batches, validates_at
 from dekr.config import load_recipe
 from dekr.errors import RecipeError
 from dekr.module import lr_factor
@@ -35,6 +35,30 @@ def test_plan_fits_training_and_validations() -> None:
     assert plan_batches(remaining_s=90.9, **kw) == 79  # 74 s + 2, 4, 6 and at 79: 90 s
     assert plan_batches(remaining_s=1e6, **kw) == 500  # trainer.max_epochs x batches per epoch
     assert plan_batches(remaining_s=-5.0, **kw) == 6  # over the budget: stop at the next batch
+
+
+def test_late_periodic_validations_leave_their_time_to_training() -> None:
+    # the setting above, but periodic validations only within the first 3/4 of the plan:
+    # 89 batches: 84 s + validations after 2, 4 and 6 (8 is past 66.75) and at 89: 100 s;
+    # 90: 85 s + 2, 4, 6 (8 > 67.5) and at 90: 101 s
+    kw = dict(done=5, per_epoch=10, step_s=1.0, val_s=4.0, val_every=2, max_batches=500)
+    assert plan_batches(remaining_s=100.0, periodic_until=0.75, **kw) == 89
+    assert plan_batches(remaining_s=91.0, periodic_until=0.75, **kw) == 80  # 2, 4, 6 and at 80
+    assert plan_batches(remaining_s=90.9, periodic_until=0.75, **kw) == 79  # 2, 4 and at 79
+
+
+@pytest.mark.parametrize("until", [1.0, 0.75, 0.5])
+def test_the_plan_counts_the_validations_the_run_makes(until: float) -> None:
+    """plan_batches prices exactly the validations that validates_at lets the run make."""
+    for done, per_epoch, every in [(0, 7, 1), (5, 10, 2), (31, 4, 3)]:
+        for n in range(done + 2, done + 60):
+            ends = range(every * per_epoch, n, every * per_epoch)  # epoch ends before the end
+            made = sum(e > done and validates_at(e, n, until) for e in ends) + 1  # + the end
+            cost = (n - done) * 1.0 + made * 2.5
+            kw = dict(done=done, per_epoch=per_epoch, step_s=1.0, val_s=2.5, val_every=every,
+                      max_batches=10_000, periodic_until=until)  # fmt: skip
+            assert plan_batches(remaining_s=cost, **kw) == n, (done, per_epoch, every, n)
+            assert plan_batches(remaining_s=cost - 1e-6, **kw) < n
 
 
 def test_plan_without_periodic_validation() -> None:
@@ -296,3 +320,19 @@ def test_a_machine_that_speeds_up_late_uses_its_budget(
     assert all(a >= b for a, b in zip(clock.lrs[peak:], clock.lrs[peak + 1 :])), clock.lrs
     assert clock.lrs[-1] < 0.05 * run["lr"]  # the cosine finished
     assert clock.validated_steps[-1] == plan["batches"]
+
+
+@pytest.mark.slow  # a fake-clock run
+def test_a_periodic_validation_late_in_the_plan_is_skipped(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """2 batches per epoch, validations every 3 epochs (after batches 6, 12, 18, ...): in a plan
+    of 19 to 23 batches the one after batch 18 would come a few batches before the validation at
+    the plan's end, so it is skipped and its second goes to training; those after 6 and 12,
+    within the plan's first three quarters, run."""
+    run = _budget_run(synthetic_root, tmp_path / "late", 0.37, monkeypatch)
+    clock, ckpt = run["clock"], run["ckpt"]
+    batches = ckpt["callbacks"]["TimeBudget"]["plan"]["batches"]
+    assert 18 < batches < 24, batches  # the setting this test is about
+    assert clock.validated_steps == [6, 12, batches], clock.validated_steps
+    assert clock.t <= 0.37 * 60

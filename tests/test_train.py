@@ -99,8 +99,10 @@ def test_lr_schedules() -> None:
     assert lr_factor(70, schedule="cosine", **kw) == pytest.approx(0.5)
     warm = dict(kw, warmup_epochs=2.0)
     assert lr_factor(1.0, schedule="multistep", **warm) == pytest.approx(0.5, abs=1e-3)
-    with pytest.raises(ValueError, match="optim.schedule 'linear' unknown"):
-        lr_factor(0, schedule="linear", **kw)
+    linear = [lr_factor(e, schedule="linear", **warm) for e in (2.0, 71.0, 140.0, 150.0)]
+    assert linear == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="optim.schedule 'step' unknown"):
+        lr_factor(0, schedule="step", **kw)
 
 
 @pytest.mark.integration
