@@ -306,3 +306,40 @@ def test_grouped_offset_branches_equal_per_branch(impl: str, blocks: int, train:
 def test_offset_blocks_must_be_a_positive_integer(blocks: object) -> None:
     with pytest.raises(OptionError, match="model.offset_blocks must be an integer >= 1"):
         build_model("hrnet_w8_tiny", num_keypoints=3, offset_blocks=blocks)  # type: ignore[arg-type]
+
+
+def test_branch_concat_hands_dense_channels_last_gradients_to_the_upsampling() -> None:
+    """HRNet.concat: the same values and gradients as a plain up-sample and concatenation, with
+    each up-sampled branch's gradient made dense channels-last (the fast CPU backward) when the
+    features are channels-last, and no extra node otherwise (NCHW, no grad: tracing, export)."""
+    from dekr.models.hrnet import HRNet
+
+    torch.manual_seed(0)
+    shapes = [(2, 4, 16, 16), (2, 8, 8, 8), (2, 16, 4, 4), (2, 32, 2, 2)]
+    base = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    weight = torch.randn(2, 60, 16, 16, dtype=torch.float64)
+
+    def run(channels_last: bool, plain: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        feats = [f.clone().to(memory_format=fmt).requires_grad_(True) for f in base]
+        if plain:
+            ups = [F.interpolate(f, size=(16, 16), mode="bilinear", align_corners=False)
+                   for f in feats[1:]]  # fmt: skip
+            out = torch.cat([feats[0], *ups], dim=1)
+        else:
+            out = HRNet.concat(feats)
+        (out * weight).sum().backward()
+        return out.detach(), [f.grad for f in feats]
+
+    reference, reference_grads = run(False, plain=True)
+    for channels_last in (False, True):
+        out, grads = run(channels_last, plain=False)
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+        for g, r in zip(grads, reference_grads):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+    cl = [f.to(memory_format=torch.channels_last).requires_grad_(True) for f in base]
+    assert "DenseChannelsLastGrad" in str(HRNet.concat(cl).grad_fn.next_functions)
+    nchw = [f.clone().requires_grad_(True) for f in base]
+    assert "DenseChannelsLastGrad" not in str(HRNet.concat(nchw).grad_fn.next_functions)
+    with torch.no_grad():
+        torch.testing.assert_close(HRNet.concat(cl), reference, rtol=0, atol=1e-12)

@@ -9,6 +9,7 @@ timm ``hrnet_w*``) load without any key mapping. Variants are data: :data:`HRNET
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +240,39 @@ class HRNet(nn.Module):
         """Up-sample branches 1..3 bilinearly (align_corners=False) to stride 4 and concatenate."""
         size = features[0].shape[-2:]
         ups = [
-            F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]
+            _dense_grad(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
+            for f in features[1:]
         ]
         return torch.cat([features[0], *ups], dim=1)
+
+
+class _DenseChannelsLastGrad(torch.autograd.Function):
+    """The identity, whose backward hands on its gradient as a dense channels-last tensor.
+
+    The gradient of one part of a channel concatenation is a channel slice of the whole one:
+    neither NCHW- nor channels-last-contiguous, so the CPU bilinear up-sampling backward copies it
+    to NCHW and takes its slow path there (17 of 370 ms of the quickstart's training step, against
+    under 1 ms channels-last: docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _dense_grad(x: Tensor) -> Tensor:
+    """``x``, with a dense channels-last gradient where a channels-last 4-d tensor is trained
+    (eager autograd only: traced, scripted and exported graphs see the plain tensor)."""
+    if (
+        x.requires_grad
+        and torch.is_grad_enabled()
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    ):
+        return _DenseChannelsLastGrad.apply(x)
+    return x
