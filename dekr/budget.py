@@ -5,10 +5,11 @@ generation included) to the final validation's AP line. :class:`TimeBudget` meas
 seconds per training batch after a short warm-up and the seconds per validation image on a few
 validation samples, and plans the number of training batches that fit in what is left of the
 budget, validations included. The learning-rate schedule (:func:`dekr.module.lr_factor`:
-warm-up, cosine, linear, or milestones given as fractions of the run) is laid over the planned length,
-so that a slow or busy machine gets a shorter run of a *finished* schedule, never a schedule cut
-in the middle. The run stops at the planned batch, which may fall inside an epoch, and validates
-there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is written then too.
+warm-up, cosine, linear, or milestones given as fractions of the run) is laid over the planned
+length, so that a slow or busy machine gets a shorter run of a *finished* schedule, never a
+schedule cut in the middle. The run stops at the planned batch, which may fall inside an epoch,
+and validates there (inside ``fit``, so ``best.ckpt`` sees the final weights); ``last.ckpt`` is
+written then too.
 
 The periodic validations (``trainer.check_val_every_n_epoch``) run within the plan's first three
 quarters only (``periodic_until``): a later one would come shortly before the validation at the
