@@ -164,7 +164,8 @@ def _budget_run(root: Path, out: Path, minutes: Any, monkeypatch: pytest.MonkeyP
     # 4 val images, batch 2: 1 s per validation
     result = train(recipe, callbacks=[clock], started=0.0)
     ckpt = torch.load(result["last"], weights_only=True)
-    return {"clock": clock, "result": result, "ckpt": ckpt, "lr": recipe.optim.lr}
+    return {"clock": clock, "result": result, "ckpt": ckpt, "lr": recipe.optim.lr,
+            "schedule": recipe.optim.schedule}  # fmt: skip
 
 
 def _first_plan(out: str, minutes: float) -> int:
@@ -185,16 +186,17 @@ def test_half_the_time_still_completes_and_validates(
         batches = len(clock.lrs)
         assert batches == plan["batches"] == ckpt["global_step"], (batches, plan)
         assert clock.t <= minutes * 60, (clock.t, plan)
-        # the schedule was laid over the plan, not over trainer.max_epochs (30): the last step's
-        # learning rate is the cosine's at the last step of the planned length (at the pace of
-        # the last re-plan, if any)
-        cosine = dict(schedule="cosine", milestones=[], gamma=0.1, warmup_epochs=0.5)
+        # the schedule (the recipe's: linear) was laid over the plan, not over
+        # trainer.max_epochs (30): the last step's learning rate is the schedule's at the last
+        # step of the planned length (at the pace of the last re-plan, if any)
+        assert run["schedule"] in ("linear", "cosine")
+        decay = dict(schedule=run["schedule"], milestones=[], gamma=0.1, warmup_epochs=0.5)
         last = (batches - 1) / plan["per_epoch"]
         at = Plan(**plan).progress(last)
         length = plan["schedule_epochs"] or batches / plan["per_epoch"]
         assert clock.lrs[-1] == pytest.approx(run["lr"] * lr_factor(at, max_epochs=length,
-                                                                    **cosine))  # fmt: skip
-        assert clock.lrs[-1] < 0.5 * run["lr"] * lr_factor(last, max_epochs=30, **cosine)
+                                                                    **decay))  # fmt: skip
+        assert clock.lrs[-1] < 0.5 * run["lr"] * lr_factor(last, max_epochs=30, **decay)
         # the run validated after its last batch, inside fit (best.ckpt sees the final weights)
         assert clock.validated_steps[-1] == batches
         assert math.isfinite(run["result"]["metrics"]["AP"])
@@ -318,7 +320,7 @@ def test_a_machine_that_speeds_up_late_uses_its_budget(
     assert 0.6 * 60 * 0.9 < clock.t <= 0.6 * 60, (clock.t, plan)
     peak = clock.lrs.index(max(clock.lrs))
     assert all(a >= b for a, b in zip(clock.lrs[peak:], clock.lrs[peak + 1 :])), clock.lrs
-    assert clock.lrs[-1] < 0.05 * run["lr"]  # the cosine finished
+    assert clock.lrs[-1] < 0.05 * run["lr"]  # the schedule finished
     assert clock.validated_steps[-1] == plan["batches"]
 
 
