@@ -1,7 +1,7 @@
 """The quickstart learns: its recipe as committed (model, synthetic data of the same scenes,
 augmentation, loss, optimiser, precision), 250 pinned batches (1.2 epochs) instead of the time
 budget so that the result does not depend on the machine's speed, against the same network
-untrained (measured: AP 0.370 against 0.000)."""
+untrained (measured: AP 0.463 against 0.000)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def test_250_batches_of_the_quickstart_beat_the_untrained_network(
     blank_ap = evaluate(untrained, [f"data.synthetic.root={data}"])["AP"]
     capsys.readouterr()
     assert math.isfinite(trained_ap) and math.isfinite(blank_ap)
-    # measured on a 2-core Intel Xeon with AMX (bf16 chosen, lr 0.03): AP 0.370 after 250
-    # batches, 0.000 untrained, 80 s for the test; with lr 0.01, on a 2-core AMD EPYC: 0.401.
-    # Before model.init=scratch and 2,000 training images, 375 batches gave 0.292 there; the bar
-    # leaves room for seeds, machines and fp32.
-    assert trained_ap >= 0.2 and trained_ap >= blank_ap + 0.2, (trained_ap, blank_ap)
+    # measured with the committed recipe (linear decay, targets scaled to the small people) on
+    # a 2-core AMD EPYC (bf16 chosen): AP 0.463 after 250 batches, 0.000 untrained, 64 s for
+    # the run. With the recipe before (cosine, official target sizes) 0.370 on a 2-core Intel
+    # Xeon with AMX; before model.init=scratch and 2,000 training images, 375 batches gave 0.292.
+    # The bar leaves room for seeds, machines and fp32.
+    assert trained_ap >= 0.3 and trained_ap >= blank_ap + 0.3, (trained_ap, blank_ap)
