@@ -132,8 +132,7 @@ def plan_batches(
         if not val_every:
             return 0
         every = val_every * per_epoch
-        last = min(n - 1, math.floor(periodic_until * n))
-        return max(last // every - done // every, 0)
+        return max(_last_periodic(n, periodic_until) // every - done // every, 0)
 
     best = min(done + 1, max_batches)
     for total in range(done + 1, max_batches + 1):
@@ -144,11 +143,17 @@ def plan_batches(
     return best
 
 
+def _last_periodic(batches: int, periodic_until: float) -> int:
+    """The last batch after which a plan of ``batches`` may make a periodic validation: within
+    its first ``periodic_until`` and before its end (which validates anyway)."""
+    return min(batches - 1, math.floor(periodic_until * batches))
+
+
 def validates_at(done: int, batches: int, periodic_until: float) -> bool:
     """Whether a periodic (epoch-end) validation after batch ``done`` runs in a plan of
     ``batches``: only within its first ``periodic_until``; a later one would come shortly before
     the validation at the plan's end, and its time goes to training instead."""
-    return done < batches and done <= math.floor(periodic_until * batches)
+    return done <= _last_periodic(batches, periodic_until)
 
 
 class TimeBudget(pl.Callback):

@@ -66,12 +66,10 @@ def lr_factor(
         if milestones and all(0 < m < 1 for m in milestones):
             milestones = [m * max_epochs for m in milestones]
         return gamma ** sum(epoch >= m for m in milestones)
-    if schedule == "cosine":
+    if schedule in ("cosine", "linear"):  # from 1 after the warm-up to 0 at the end of the run
         span = max(max_epochs - warmup_epochs, 1e-6)
-        return 0.5 * (1 + math.cos(math.pi * min((epoch - warmup_epochs) / span, 1.0)))
-    if schedule == "linear":  # straight down to zero at the end of the run
-        span = max(max_epochs - warmup_epochs, 1e-6)
-        return max(1.0 - (epoch - warmup_epochs) / span, 0.0)
+        done = min((epoch - warmup_epochs) / span, 1.0)
+        return 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
     if schedule == "constant":
         return 1.0
     raise ValueError(

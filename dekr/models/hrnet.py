@@ -264,12 +264,10 @@ class _DenseChannelsLastGrad(torch.autograd.Function):
 
 
 def _dense_grad(x: Tensor) -> Tensor:
-    """``x``, with a dense channels-last gradient where a channels-last 4-d tensor is trained
-    (eager autograd only: traced, scripted and exported graphs see the plain tensor)."""
+    """``x`` (B, C, H, W), with a dense channels-last gradient where a channels-last tensor is
+    trained (eager autograd only: traced, scripted and exported graphs see the plain tensor)."""
     if (
         x.requires_grad
-        and torch.is_grad_enabled()
-        and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
